@@ -1,0 +1,238 @@
+"""Forward SDEs dx = f(x, t) dt + g(t) dw on t in [0, T] and their reversals (THEORY.md §3).
+
+Every method takes a batch `x` of shape [B, ...] and times `t` of shape [B]; per-sample scalars
+(diffusion, std, log-densities) have shape [B]. All computations keep the dtype of `x`/`t`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def batch_broadcast(v: Array, x: Array) -> Array:
+  """Reshapes a per-sample array `v` of shape [B] so that it broadcasts against `x` [B, ...]."""
+  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _sum_except_batch(x: Array) -> Array:
+  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+def _timestep_index(t: Array, T: float, N: int) -> Array:
+  """Index i of the discrete chain that a continuous time t = i T / (N - 1) corresponds to."""
+  return jnp.round(t * (N - 1) / T).astype(jnp.int32)
+
+
+class SDE(abc.ABC):
+  """A linear SDE with Gaussian perturbation kernel p_0t(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I)."""
+
+  def __init__(self, N: int):
+    self.N = N
+
+  @property
+  def T(self) -> float:
+    """End time of the forward process."""
+    return 1.0
+
+  @abc.abstractmethod
+  def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """Drift f(x, t) (like x) and diffusion g(t) (shape [B])."""
+
+  @abc.abstractmethod
+  def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+    """(alpha_t, sigma_t), each of shape [B], with p_0t(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I)."""
+
+  @abc.abstractmethod
+  def inverse_lambda(self, lmbda: Array) -> Array:
+    """The time t at which marginal_lambda(t) = lmbda (the log-SNR is strictly monotone)."""
+
+  @property
+  @abc.abstractmethod
+  def prior_std(self) -> float:
+    """Standard deviation of the isotropic Gaussian prior p_T."""
+
+  def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """Mean alpha_t x (like x) and std sigma_t (shape [B]) of p_0t(x_t | x_0 = x)."""
+    alpha, sigma = self.marginal_coeffs(t)
+    return batch_broadcast(alpha, x) * x, sigma
+
+  def marginal_lambda(self, t: Array) -> Array:
+    """Half log-SNR lambda_t = log(alpha_t / sigma_t), the time variable of DPM-Solver."""
+    alpha, sigma = self.marginal_coeffs(t)
+    return jnp.log(alpha) - jnp.log(sigma)
+
+  def prior_sampling(self, rng: Array, shape, dtype=jnp.float32) -> Array:
+    """A sample of the prior p_T = N(0, prior_std^2 I)."""
+    return self.prior_std * jax.random.normal(rng, shape, dtype)
+
+  def prior_logp(self, z: Array) -> Array:
+    """log N(z; 0, prior_std^2 I), shape [B]."""
+    dim = np.prod(z.shape[1:])
+    var = self.prior_std**2
+    return -0.5 * dim * jnp.log(2 * np.pi * var).astype(z.dtype) - _sum_except_batch(z**2) / (2 * var)
+
+  def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """Euler-Maruyama step of size T/N: x_{i+1} = x_i + f + G z with f = f(x,t) dt, G = g(t) sqrt(dt)."""
+    dt = self.T / self.N
+    drift, diffusion = self.sde(x, t)
+    return drift * dt, diffusion * jnp.sqrt(jnp.asarray(dt, diffusion.dtype))
+
+  def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    """The reverse-time SDE (or probability-flow ODE) driven by `score_fn`."""
+    return ReverseSDE(self, score_fn, probability_flow)
+
+
+class ReverseSDE:
+  """dx = [f - c g^2 s(x, t)] dt + g' dw_bar, run from T to 0 (THEORY.md §3).
+
+  The stochastic reverse SDE has c = 1, g' = g; the probability-flow ODE has c = 1/2, g' = 0.
+  """
+
+  def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+    self.forward = forward
+    self.score_fn = score_fn
+    self.probability_flow = probability_flow
+    self.N = forward.N
+
+  @property
+  def T(self) -> float:
+    return self.forward.T
+
+  @property
+  def _score_coeff(self) -> float:
+    return 0.5 if self.probability_flow else 1.0
+
+  def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """Reverse drift f - c g^2 s and diffusion (0 for the probability-flow ODE)."""
+    drift, diffusion = self.forward.sde(x, t)
+    score = self.score_fn(x, t)
+    drift = drift - batch_broadcast(diffusion**2, x) * score * self._score_coeff
+    return drift, jnp.zeros_like(diffusion) if self.probability_flow else diffusion
+
+  def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """Reverse of the forward discretization: x_i = x_{i+1} - f + c G^2 s + G' z."""
+    f, G = self.forward.discretize(x, t)
+    rev_f = f - batch_broadcast(G**2, x) * self.score_fn(x, t) * self._score_coeff
+    return rev_f, jnp.zeros_like(G) if self.probability_flow else G
+
+
+class VPSDE(SDE):
+  """Variance preserving SDE: f = -beta(t) x / 2, g = sqrt(beta(t)), the continuum of DDPM."""
+
+  def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+    super().__init__(N)
+    self.beta_0 = beta_min
+    self.beta_1 = beta_max
+    # DDPM chain: beta_i = beta_min / N + i (beta_max - beta_min) / (N (N - 1)).
+    self.discrete_betas = np.linspace(beta_min / N, beta_max / N, N)
+    self.alphas = 1.0 - self.discrete_betas
+    self.alphas_cumprod = np.cumprod(self.alphas)
+    self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+    self.sqrt_1m_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+
+  @property
+  def prior_std(self) -> float:
+    return 1.0
+
+  def beta(self, t: Array) -> Array:
+    return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+  def log_mean_coeff(self, t: Array) -> Array:
+    """log alpha_t = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2."""
+    return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def time_of_log_mean_coeff(self, log_alpha: Array) -> Array:
+    """Inverse of `log_mean_coeff`: the positive root of the quadratic in t."""
+    slope = self.beta_1 - self.beta_0
+    return (-self.beta_0 + jnp.sqrt(self.beta_0**2 - 4.0 * slope * log_alpha)) / slope
+
+  def sde(self, x, t):
+    beta_t = self.beta(t)
+    return -0.5 * batch_broadcast(beta_t, x) * x, jnp.sqrt(beta_t)
+
+  def marginal_coeffs(self, t):
+    log_alpha = self.log_mean_coeff(t)
+    return jnp.exp(log_alpha), jnp.sqrt(-jnp.expm1(2.0 * log_alpha))
+
+  def inverse_lambda(self, lmbda):
+    # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda) / 2.
+    return self.time_of_log_mean_coeff(-0.5 * jax.nn.softplus(-2.0 * lmbda))
+
+  def discretize(self, x, t):
+    """DDPM transition x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
+    i = _timestep_index(t, self.T, self.N)
+    beta = jnp.asarray(self.discrete_betas, x.dtype)[i]
+    alpha = jnp.asarray(self.alphas, x.dtype)[i]
+    f = batch_broadcast(jnp.sqrt(alpha), x) * x - x
+    return f, jnp.sqrt(beta)
+
+
+class subVPSDE(VPSDE):
+  """sub-VP SDE: VP drift, g^2 = beta(t) (1 - exp(-2 beta_min t - (beta_max - beta_min) t^2)).
+
+  Its marginal std 1 - alpha_t^2 is below the VP one at every t.
+  """
+
+  def sde(self, x, t):
+    drift, _ = super().sde(x, t)
+    discount = -jnp.expm1(4.0 * self.log_mean_coeff(t))
+    return drift, jnp.sqrt(self.beta(t) * discount)
+
+  def marginal_coeffs(self, t):
+    log_alpha = self.log_mean_coeff(t)
+    return jnp.exp(log_alpha), -jnp.expm1(2.0 * log_alpha)
+
+  def inverse_lambda(self, lmbda):
+    # alpha / (1 - alpha^2) = r := exp(lambda)  =>  alpha = 2 r / (1 + sqrt(1 + 4 r^2)).
+    r = jnp.exp(lmbda)
+    alpha = 2.0 * r / (1.0 + jnp.sqrt(1.0 + 4.0 * r**2))
+    return self.time_of_log_mean_coeff(jnp.log(alpha))
+
+  def discretize(self, x, t):
+    return SDE.discretize(self, x, t)
+
+
+class VESDE(SDE):
+  """Variance exploding SDE: f = 0, g = sigma(t) sqrt(2 log(sigma_max / sigma_min)), the continuum of SMLD."""
+
+  def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+    super().__init__(N)
+    self.sigma_min = sigma_min
+    self.sigma_max = sigma_max
+    self.discrete_sigmas = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+  @property
+  def prior_std(self) -> float:
+    return self.sigma_max
+
+  def sigma(self, t: Array) -> Array:
+    """sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+    return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def sde(self, x, t):
+    log_ratio = np.log(self.sigma_max / self.sigma_min)
+    return jnp.zeros_like(x), self.sigma(t) * jnp.sqrt(jnp.asarray(2.0 * log_ratio, t.dtype))
+
+  def marginal_coeffs(self, t):
+    return jnp.ones_like(t), self.sigma(t)
+
+  def inverse_lambda(self, lmbda):
+    return (-lmbda - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
+
+  def discretize(self, x, t):
+    """SMLD transition x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z (sigma_{-1} = 0)."""
+    i = _timestep_index(t, self.T, self.N)
+    sigmas = jnp.asarray(self.discrete_sigmas, x.dtype)
+    sigma = sigmas[i]
+    previous = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
+    return jnp.zeros_like(x), jnp.sqrt(sigma**2 - previous**2)
+
+
+SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
