@@ -1,0 +1,71 @@
+"""From a network to a score function: noise labels and output parametrization per SDE."""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from score_sde import sde as sde_lib
+
+Array = jax.Array
+
+
+def init_params(rng: Array, model: nn.Module, shape: tuple[int, ...]):
+  """Initial parameters of `model` for inputs of per-example shape `shape`."""
+  x = jnp.zeros((1,) + tuple(shape), jnp.float32)
+  labels = jnp.ones((1,), jnp.float32)
+  return model.init({"params": rng, "dropout": rng}, x, labels, train=False)["params"]
+
+
+def get_model_fn(model: nn.Module, params, *, train: bool = False, rng: Array | None = None):
+  """(x, noise_labels) -> network output; `rng` feeds dropout when training."""
+  if train and rng is None:
+    raise ValueError("get_model_fn(train=True) needs an rng for dropout")
+  rngs = {"dropout": rng} if train else {}
+  return lambda x, labels: model.apply({"params": params}, x, labels, train=train, rngs=rngs)
+
+
+def _vp_score(sde: sde_lib.VPSDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
+  """Noise-prediction network eps(x, label): score = -eps / sigma_t (THEORY.md §1).
+
+  Labels are 999 t in continuous time (and always for sub-VP, which has no discrete chain), else
+  the DDPM step index i = t (N - 1) with the chain's own sqrt(1 - abar_i).
+  """
+  if continuous or isinstance(sde, sde_lib.subVPSDE):
+    _, std = sde.marginal_coeffs(t)
+    return -model_fn(x, t * 999) / sde_lib.batch_broadcast(std, x)
+  index = jnp.round(t * (sde.N - 1)).astype(jnp.int32)
+  std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[index]
+  return -model_fn(x, index.astype(x.dtype)) / sde_lib.batch_broadcast(std, x)
+
+
+def _ve_score(sde: sde_lib.VESDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
+  """Score network s(x, label) (which may divide by sigma itself, `scale_by_sigma`).
+
+  Labels are sigma(t) in continuous time, else the NCSN index (N - 1)(T - t) into descending sigmas.
+  """
+  if continuous:
+    labels = sde.marginal_coeffs(t)[1]
+  else:
+    labels = jnp.round((sde.T - t) * (sde.N - 1))
+  return model_fn(x, labels)
+
+
+_SCORE_PARAMETRIZATIONS = {sde_lib.VPSDE: _vp_score, sde_lib.VESDE: _ve_score}
+
+
+def score_from_model_fn(sde: sde_lib.SDE, model_fn, *, continuous: bool = True) -> Callable[[Array, Array], Array]:
+  """score_fn(x, t) from a raw `model_fn(x, noise_labels)` for the parametrization of `sde`."""
+  for cls in type(sde).__mro__:
+    if cls in _SCORE_PARAMETRIZATIONS:
+      parametrization = _SCORE_PARAMETRIZATIONS[cls]
+      return lambda x, t: parametrization(sde, model_fn, x, t, continuous)
+  raise TypeError(f"no score parametrization for {type(sde).__name__}")
+
+
+def get_score_fn(sde: sde_lib.SDE, model: nn.Module, params, *, train: bool = False, continuous: bool = True,
+                 rng: Array | None = None) -> Callable[[Array, Array], Array]:
+  """score_fn(x, t) of a network, handling noise prediction (VP, sub-VP) and direct scores (VE)."""
+  return score_from_model_fn(sde, get_model_fn(model, params, train=train, rng=rng), continuous=continuous)
