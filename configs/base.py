@@ -1,0 +1,98 @@
+"""Every config field the project knows, with defaults; families and leaf configs override them.
+
+Configs are locked before use, so a misspelt field on the command line or in a leaf config fails
+instead of being silently added.
+"""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+
+  config.training = training = ml_collections.ConfigDict()
+  training.sde = "vpsde"  # vpsde | subvpsde | vesde
+  training.batch_size = 128
+  training.n_iters = 1300001
+  training.snapshot_freq = 50000
+  training.snapshot_freq_for_preemption = 10000
+  training.log_freq = 50
+  training.eval_freq = 100
+  training.snapshot_sampling = True
+  training.likelihood_weighting = False
+  training.importance_weighting = False
+  training.continuous = True
+  training.reduce_mean = False
+  training.eps = 1e-5
+  training.cond_drop_prob = 0.0
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "pc"
+  sampling.predictor = "reverse_diffusion"
+  sampling.corrector = "langevin"
+  sampling.n_steps_each = 1
+  sampling.snr = 0.16
+  sampling.noise_removal = True
+  sampling.probability_flow = False
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 1
+  evaluate.end_ckpt = 26
+  evaluate.batch_size = 1024
+  evaluate.enable_sampling = False
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False
+  evaluate.bpd_dataset = "test"
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "CIFAR10"
+  data.path = ""
+  data.image_size = 32
+  data.num_channels = 3
+  data.centered = False
+  data.random_flip = True
+  data.uniform_dequantization = False
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "ncsnpp"
+  model.sigma_min = 0.01
+  model.sigma_max = 50.0
+  model.num_scales = 1000
+  model.beta_min = 0.1
+  model.beta_max = 20.0
+  model.dropout = 0.1
+  model.ema_rate = 0.9999
+  model.embedding_type = "fourier"
+  model.fourier_scale = 16.0
+  model.scale_by_sigma = False
+  model.normalization = "GroupNorm"
+  model.nonlinearity = "swish"
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 4
+  model.attn_resolutions = (16,)
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.fir = False
+  model.fir_kernel = (1, 3, 3, 1)
+  model.skip_rescale = True
+  model.resblock_type = "biggan"
+  model.progressive = "none"
+  model.progressive_input = "none"
+  model.progressive_combine = "sum"
+  model.attention_type = "ddpm"
+  model.init_scale = 0.0
+  model.conv_size = 3
+  model.num_classes = 0
+  model.dtype = "float32"
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "Adam"
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0
+  optim.warmup = 5000
+  optim.grad_clip = 1.0
+  return config
