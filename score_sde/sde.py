@@ -235,4 +235,17 @@ class VESDE(SDE):
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - previous**2)
 
 
-SDES = {"vpsde": VPSDE, "subvpsde": subVPSDE, "vesde": VESDE}
+
+
+def get_sde(config) -> SDE:
+  """The SDE named by `config.training.sde`, with the noise schedule of `config.model`."""
+  name = config.training.sde.lower()
+  m = config.model
+  builders = {
+      "vpsde": lambda: VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
+      "subvpsde": lambda: subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
+      "vesde": lambda: VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales),
+  }
+  if name not in builders:
+    raise ValueError(f"unknown training.sde {config.training.sde!r}; choose from {sorted(builders)}")
+  return builders[name]()
