@@ -235,8 +235,6 @@ class VESDE(SDE):
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - previous**2)
 
 
-
-
 def get_sde(config) -> SDE:
   """The SDE named by `config.training.sde`, with the noise schedule of `config.model`."""
   name = config.training.sde.lower()
