@@ -1,0 +1,180 @@
+"""Denoising score matching losses (THEORY.md §2), the optimizer, and the pure optimisation step.
+
+Every loss is a function of a score function, so it can be evaluated on the exact score of the
+mixture oracle as well as on a network. Per-example losses have shape [B].
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from score_sde import models
+from score_sde import sde as sde_lib
+from score_sde.train_state import TrainState
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def _reduce(x: Array, reduce_mean: bool) -> Array:
+  """Per-example reduction: mean over dimensions, or half the sum (the 1/2 of the DSM objective)."""
+  flat = x.reshape(x.shape[0], -1)
+  return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
+
+
+def importance_weight_table(sde: sde_lib.SDE, eps: float, num_points: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """Tabulated CDF of the proposal p(t) ∝ g(t)^2 / sigma_t^2 on [eps, T] (unnormalised).
+
+  Likelihood weighting lambda(t) = g^2 makes the DSM integrand g^2 ||s + z/sigma||^2 =
+  (g^2/sigma^2) ||sigma s + z||^2, whose weight blows up like 1/t near t = 0 for VP. Sampling t from
+  p(t) ∝ g^2/sigma^2 leaves the bounded term Z ||sigma s + z||^2 (Z the normaliser), the
+  variance-reduced estimator of Song et al. 2021 (maximum-likelihood training). Returns the time
+  grid and the cumulative trapezoid integral on it (the last entry is Z).
+  """
+  grid = np.union1d(np.geomspace(eps, sde.T, num_points), np.linspace(eps, sde.T, num_points))
+  t = jnp.asarray(grid, jnp.float32)
+  _, diffusion = sde.sde(jnp.zeros((len(grid), 1)), t)
+  _, std = sde.marginal_coeffs(t)
+  density = np.asarray(diffusion, np.float64) ** 2 / np.asarray(std, np.float64) ** 2
+  cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
+  return grid, cdf
+
+
+def sample_importance_time(rng: Array, sde: sde_lib.SDE, batch: int, eps: float) -> tuple[Array, float]:
+  """t ~ p(t) ∝ g^2/sigma^2 on [eps, T] by inverse-CDF sampling, and the normaliser Z."""
+  grid, cdf = importance_weight_table(sde, eps)
+  u = jax.random.uniform(rng, (batch,), minval=0.0, maxval=cdf[-1])
+  return jnp.interp(u, jnp.asarray(cdf, jnp.float32), jnp.asarray(grid, jnp.float32)), float(cdf[-1])
+
+
+def dsm_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, reduce_mean: bool = False,
+             likelihood_weighting: bool = False, importance_weighting: bool = False, eps: float = 1e-5) -> Array:
+  """Continuous-time DSM: E_t lambda(t) E ||s(x_t, t) - grad log p_0t(x_t | x_0)||^2, per example.
+
+  grad log p_0t(x_t | x_0) = -z / sigma_t for x_t = alpha_t x_0 + sigma_t z. lambda(t) = sigma_t^2
+  (noise prediction, ||sigma s + z||^2) by default; g(t)^2 with `likelihood_weighting`, then
+  optionally with t importance-sampled from p(t) ∝ g^2 / sigma^2.
+  """
+  if importance_weighting and not likelihood_weighting:
+    raise ValueError("importance_weighting is defined for likelihood_weighting=True only")
+  t_rng, z_rng = jax.random.split(rng)
+  batch = x.shape[0]
+  if importance_weighting:
+    t, normaliser = sample_importance_time(t_rng, sde, batch, eps)
+    t = t.astype(x.dtype)
+  else:
+    t = jax.random.uniform(t_rng, (batch,), x.dtype, minval=eps, maxval=sde.T)
+  z = jax.random.normal(z_rng, x.shape, x.dtype)
+  mean, std = sde.marginal_prob(x, t)
+  std = sde_lib.batch_broadcast(std, x)
+  score = score_fn(mean + std * z, t)
+  if importance_weighting:
+    return normaliser * _reduce((std * score + z) ** 2, reduce_mean)
+  if likelihood_weighting:
+    _, diffusion = sde.sde(jnp.zeros_like(x), t)
+    return diffusion**2 * _reduce((score + z / std) ** 2, reduce_mean)
+  return _reduce((std * score + z) ** 2, reduce_mean)
+
+
+def _ddpm_marginal(sde: sde_lib.VPSDE, index: Array, dtype) -> tuple[Array, Array]:
+  return (jnp.asarray(sde.sqrt_alphas_cumprod, dtype)[index], jnp.asarray(sde.sqrt_1m_alphas_cumprod, dtype)[index])
+
+
+def _smld_marginal(sde: sde_lib.VESDE, index: Array, dtype) -> tuple[Array, Array]:
+  sigma = jnp.asarray(sde.discrete_sigmas, dtype)[index]
+  return jnp.ones_like(sigma), sigma
+
+
+# The discrete chains: DDPM for VP (Ho et al. 2020), SMLD for VE (Song & Ermon 2019). Looked up by
+# exact type: sub-VP subclasses VPSDE but has no discrete chain.
+_DISCRETE_MARGINALS = {sde_lib.VPSDE: _ddpm_marginal, sde_lib.VESDE: _smld_marginal}
+
+
+def discrete_marginal(sde: sde_lib.SDE, index: Array, dtype) -> tuple[Array, Array]:
+  """(mean coefficient, std) of the discrete chain of `sde` at step `index` in 0..N-1."""
+  marginal = _DISCRETE_MARGINALS.get(type(sde))
+  if marginal is None:
+    raise ValueError(f"{type(sde).__name__} has no discrete chain: use training.continuous=True")
+  return marginal(sde, index, dtype)
+
+
+def discrete_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, reduce_mean: bool = False) -> Array:
+  """DDPM (VP) / SMLD (VE) loss ||std_i s(x_i, t_i) + z||^2 with i ~ U{0..N-1}, t_i = i T / (N - 1).
+
+  For VP this is Ho et al.'s ||eps_theta - z||^2 (score = -eps / std); for VE it is NCSN's
+  sigma_i^2-weighted DSM. `score_fn` must come from `get_score_fn(..., continuous=False)`.
+  """
+  i_rng, z_rng = jax.random.split(rng)
+  index = jax.random.randint(i_rng, (x.shape[0],), 0, sde.N)
+  mean_coeff, std = discrete_marginal(sde, index, x.dtype)
+  z = jax.random.normal(z_rng, x.shape, x.dtype)
+  x_i = sde_lib.batch_broadcast(mean_coeff, x) * x + sde_lib.batch_broadcast(std, x) * z
+  score = score_fn(x_i, index.astype(x.dtype) * sde.T / (sde.N - 1))
+  return _reduce((sde_lib.batch_broadcast(std, x) * score + z) ** 2, reduce_mean)
+
+
+def get_loss_fn(sde: sde_lib.SDE, model: nn.Module, *, train: bool, reduce_mean: bool = False,
+                continuous: bool = True, likelihood_weighting: bool = False, importance_weighting: bool = False,
+                eps: float = 1e-5) -> Callable[[object, Array, dict], Array]:
+  """loss(params, rng, batch) -> scalar mean loss over batch["image"]."""
+  if not continuous and likelihood_weighting:
+    raise ValueError("likelihood_weighting needs training.continuous=True")
+
+  def loss_fn(params, rng: Array, batch: dict) -> Array:
+    dropout_rng, loss_rng = jax.random.split(rng)
+    score_fn = models.get_score_fn(sde, model, params, train=train, continuous=continuous, rng=dropout_rng)
+    if continuous:
+      losses = dsm_loss(loss_rng, score_fn, sde, batch["image"], reduce_mean=reduce_mean,
+                        likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps)
+    else:
+      losses = discrete_loss(loss_rng, score_fn, sde, batch["image"], reduce_mean=reduce_mean)
+    return jnp.mean(losses)
+
+  return loss_fn
+
+
+_OPTIMIZERS = {
+    "Adam": lambda lr, optim: optax.adam(lr, b1=optim.beta1, eps=optim.eps),
+    "AdamW": lambda lr, optim: optax.adamw(lr, b1=optim.beta1, eps=optim.eps, weight_decay=optim.weight_decay),
+}
+
+
+def get_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam(W) with a linear learning-rate warmup over optim.warmup steps and global-norm clipping."""
+  optim = config.optim
+  if optim.optimizer not in _OPTIMIZERS:
+    raise ValueError(f"unknown optim.optimizer {optim.optimizer!r}; choose from {sorted(_OPTIMIZERS)}")
+  lr = optax.linear_schedule(0.0, optim.lr, optim.warmup) if optim.warmup > 0 else optim.lr
+  transforms = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+  return optax.chain(*transforms, _OPTIMIZERS[optim.optimizer](lr, optim))
+
+
+def get_step_fn(sde: sde_lib.SDE, model: nn.Module, optimizer: optax.GradientTransformation, *, train: bool,
+                reduce_mean: bool = False, continuous: bool = True, likelihood_weighting: bool = False,
+                importance_weighting: bool = False, eps: float = 1e-5, ema_rate: float = 0.999):
+  """A pure step(state, batch, rng) -> (state, metrics), ready for jax.jit and sharding.
+
+  Training: one optimizer update on the DSM loss, then EMA
+  ema <- ema_rate ema + (1 - ema_rate) params. Evaluation: the loss of the EMA parameters.
+  """
+  loss_fn = get_loss_fn(sde, model, train=train, reduce_mean=reduce_mean, continuous=continuous,
+                        likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps)
+
+  def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, rng, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_rate)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  def eval_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
+    return state, {"loss": loss_fn(state.ema_params, rng, batch)}
+
+  return train_step if train else eval_step
