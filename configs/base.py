@@ -25,6 +25,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   training.reduce_mean = False
   training.eps = 1e-5
   training.cond_drop_prob = 0.0
+  training.snapshot_num_samples = 64  # samples drawn for the PNG grid at each snapshot
+  training.eval_batches = 1  # batches averaged for the periodic eval loss
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
@@ -34,6 +36,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   sampling.snr = 0.16
   sampling.noise_removal = True
   sampling.probability_flow = False
+  sampling.solver = "tsit5"  # probability-flow ODE solver (method "ode")
+  sampling.rtol = 1e-5
+  sampling.atol = 1e-5
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 1
@@ -44,6 +49,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.enable_loss = True
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
+  evaluate.bpd_num_examples = 0  # 0: the whole split
+  evaluate.rtol = 1e-5  # likelihood ODE tolerances
+  evaluate.atol = 1e-5
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"
@@ -53,6 +61,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.centered = False
   data.random_flip = True
   data.uniform_dequantization = False
+  data.dim = 2  # event size of the 2-D toy distributions
+  data.num_heldout = 1000  # local files without a test split: the last num_heldout examples are the test split
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"

@@ -1,0 +1,49 @@
+"""scikit-learn's 8x8 digits (bundled, offline) with a small U-Net: the `make demo` family."""
+import ml_collections
+
+from configs.base import get_base_config
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+  config = get_base_config()
+  config.seed = 0
+
+  training = config.training
+  training.batch_size = 128
+  training.n_iters = 4000
+  training.snapshot_freq = 2000
+  training.snapshot_freq_for_preemption = 500
+  training.log_freq = 100
+  training.eval_freq = 500
+  training.snapshot_num_samples = 64
+
+  sampling = config.sampling
+  sampling.method = "ode"
+
+  evaluate = config.eval
+  evaluate.batch_size = 256
+  evaluate.enable_bpd = True
+
+  data = config.data
+  data.dataset = "digits"
+  data.image_size = 8
+  data.num_channels = 1
+  data.centered = True
+  data.random_flip = False
+  data.uniform_dequantization = True
+  data.num_heldout = 297  # 1500 training and 297 test digits
+
+  model = config.model
+  model.name = "unet"
+  model.nf = 32
+  model.ch_mult = (1, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (4,)
+  model.dropout = 0.0
+  model.ema_rate = 0.999
+  model.embedding_type = "positional"
+
+  optim = config.optim
+  optim.lr = 2e-3
+  optim.warmup = 200
+  return config

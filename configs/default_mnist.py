@@ -1,0 +1,49 @@
+"""MNIST (28x28 grayscale) with the small U-Net; TFDS `mnist`, or IDX files via data.path."""
+import ml_collections
+
+from configs.base import get_base_config
+
+
+def get_default_configs() -> ml_collections.ConfigDict:
+  config = get_base_config()
+  config.seed = 0
+
+  training = config.training
+  training.batch_size = 64
+  training.n_iters = 4000
+  training.snapshot_freq = 1000
+  training.snapshot_freq_for_preemption = 250
+  training.log_freq = 50
+  training.eval_freq = 250
+  training.snapshot_num_samples = 36
+
+  sampling = config.sampling
+  sampling.method = "ode"
+
+  evaluate = config.eval
+  evaluate.batch_size = 250
+  evaluate.enable_bpd = True
+
+  data = config.data
+  data.dataset = "MNIST"
+  data.image_size = 28
+  data.num_channels = 1
+  data.centered = True
+  data.random_flip = False
+  data.uniform_dequantization = True
+  data.num_heldout = 1000
+
+  model = config.model
+  model.name = "unet"
+  model.nf = 32
+  model.ch_mult = (1, 2)
+  model.num_res_blocks = 1
+  model.attn_resolutions = (7,)
+  model.dropout = 0.0
+  model.ema_rate = 0.999
+  model.embedding_type = "positional"
+
+  optim = config.optim
+  optim.lr = 1e-3
+  optim.warmup = 200
+  return config
