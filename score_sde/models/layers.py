@@ -1,12 +1,17 @@
 """Layers shared by the score networks."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from score_sde.models import normalization, up_or_down_sampling
 
 Array = jax.Array
 
@@ -34,3 +39,240 @@ class GaussianFourierProjection(nn.Module):
     w = jax.lax.stop_gradient(w)
     proj = x[:, None] * w[None, :] * 2 * np.pi
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+# Building blocks of the U-Nets (DDPM, NCSN++/DDPM++). Images are NHWC; `temb` is [B, D].
+
+def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
+  """DDPM initializer: variance scaling (fan_avg, uniform); scale 0 becomes 1e-10 (a near-zero layer)."""
+  return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "elu": nn.elu,
+    "relu": nn.relu,
+    "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2),
+    "swish": nn.swish,
+    "gelu": nn.gelu,
+}
+
+
+def get_act(name: str) -> Callable[[Array], Array]:
+  """The nonlinearity named by model.nonlinearity."""
+  if name.lower() not in ACTIVATIONS:
+    raise ValueError(f"unknown model.nonlinearity {name!r}; choose from {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name.lower()]
+
+
+def conv(features: int, kernel_size: int = 3, *, stride: int = 1, init_scale: float = 1.0,
+         dtype: jnp.dtype = jnp.float32) -> nn.Conv:
+  """'SAME' convolution with DDPM initialization, zero bias and float32 parameters."""
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
+                 kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32)
+
+
+def dense(features: int, *, init_scale: float = 1.0, dtype: jnp.dtype = jnp.float32) -> nn.Dense:
+  """Dense layer (also the 1x1 'network-in-network' map over channels) with DDPM initialization."""
+  return nn.Dense(features, kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32)
+
+
+def rescale_skip(x: Array, h: Array, skip_rescale: bool) -> Array:
+  """Residual sum x + h, divided by sqrt(2) when `skip_rescale` (keeps unit variance)."""
+  return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+
+
+class AttnBlock(nn.Module):
+  """Self-attention over the H*W positions (DDPM); `num_heads` > 1 splits the channels into heads."""
+
+  num_heads: int = 1
+  normalization: str = "GroupNorm"
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    batch, height, width, channels = x.shape
+    if channels % self.num_heads:
+      raise ValueError(f"attention over {channels} channels cannot be split into {self.num_heads} heads")
+    head_dim = channels // self.num_heads
+    h = normalization.get_normalization(self.normalization, self.dtype)()(x)
+    q, k, v = (dense(channels, dtype=self.dtype)(h).reshape(batch, height * width, self.num_heads, head_dim)
+               for _ in range(3))
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / np.sqrt(head_dim)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    h = jnp.einsum("bnqk,bknd->bqnd", weights, v).reshape(batch, height, width, channels)
+    h = dense(channels, init_scale=self.init_scale, dtype=self.dtype)(h)
+    return rescale_skip(x, h, self.skip_rescale)
+
+
+class Upsample(nn.Module):
+  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.) with an optional conv after it."""
+
+  out_ch: int | None = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+  conv_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.fir:
+      h = up_or_down_sampling.upsample_2d(x, self.fir_kernel, factor=2)
+    else:
+      h = up_or_down_sampling.naive_upsample_2d(x, factor=2)
+    if self.with_conv:
+      h = conv(self.out_ch or x.shape[-1], self.conv_size, dtype=self.dtype)(h)
+    return h
+
+
+class Downsample(nn.Module):
+  """/2 downsampling: strided conv or 2x2 mean, or FIR low-pass with an optional conv after it."""
+
+  out_ch: int | None = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+  conv_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    if self.fir:
+      h = up_or_down_sampling.downsample_2d(x, self.fir_kernel, factor=2)
+      return conv(out_ch, self.conv_size, dtype=self.dtype)(h) if self.with_conv else h
+    if self.with_conv:
+      return conv(out_ch, self.conv_size, stride=2, dtype=self.dtype)(x)
+    return up_or_down_sampling.naive_downsample_2d(x, factor=2)
+
+
+class ResnetBlockDDPM(nn.Module):
+  """DDPM residual block: norm-act-conv, + Dense(act(temb)), norm-act-dropout-conv, 1x1 skip if widths differ."""
+
+  act: Callable[[Array], Array]
+  out_ch: int | None = None
+  dropout: float = 0.1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+  conv_size: int = 3
+  normalization: str = "GroupNorm"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    norm = normalization.get_normalization(self.normalization, self.dtype)
+    h = conv(out_ch, self.conv_size, dtype=self.dtype)(self.act(norm()(x)))
+    if temb is not None:
+      h = h + dense(out_ch, dtype=self.dtype)(self.act(temb))[:, None, None, :]
+    h = nn.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
+    h = conv(out_ch, self.conv_size, init_scale=self.init_scale, dtype=self.dtype)(h)
+    if x.shape[-1] != out_ch:
+      x = dense(out_ch, dtype=self.dtype)(x)
+    return rescale_skip(x, h, self.skip_rescale)
+
+
+class ResnetBlockBigGAN(nn.Module):
+  """BigGAN residual block (NCSN++): resampling inside the block, on both the residual and the skip path."""
+
+  act: Callable[[Array], Array]
+  out_ch: int | None = None
+  up: bool = False
+  down: bool = False
+  dropout: float = 0.1
+  fir: bool = False
+  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  init_scale: float = 0.0
+  conv_size: int = 3
+  normalization: str = "GroupNorm"
+  dtype: jnp.dtype = jnp.float32
+
+  def _resample(self, x: Array) -> Array:
+    if self.up:
+      return (up_or_down_sampling.upsample_2d(x, self.fir_kernel) if self.fir
+              else up_or_down_sampling.naive_upsample_2d(x))
+    if self.down:
+      return (up_or_down_sampling.downsample_2d(x, self.fir_kernel) if self.fir
+              else up_or_down_sampling.naive_downsample_2d(x))
+    return x
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    norm = normalization.get_normalization(self.normalization, self.dtype)
+    h = self._resample(self.act(norm()(x)))
+    x = self._resample(x)
+    h = conv(out_ch, self.conv_size, dtype=self.dtype)(h)
+    if temb is not None:
+      h = h + dense(out_ch, dtype=self.dtype)(self.act(temb))[:, None, None, :]
+    h = nn.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
+    h = conv(out_ch, self.conv_size, init_scale=self.init_scale, dtype=self.dtype)(h)
+    if x.shape[-1] != out_ch or self.up or self.down:
+      x = conv(out_ch, 1, dtype=self.dtype)(x)
+    return rescale_skip(x, h, self.skip_rescale)
+
+
+class Combine(nn.Module):
+  """Merge a pyramid image into features: 1x1 conv of the image, then sum or channel concat."""
+
+  method: str = "cat"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pyramid: Array, h: Array) -> Array:
+    p = conv(h.shape[-1], 1, dtype=self.dtype)(pyramid)
+    return COMBINE_METHODS[self.method](p, h)
+
+
+COMBINE_METHODS: dict[str, Callable[[Array, Array], Array]] = {
+    "sum": lambda p, h: p + h,
+    "cat": lambda p, h: jnp.concatenate([p, h], axis=-1),
+}
+
+
+# Reading the config: noise labels, dtypes and choice validation shared by the builders.
+
+@dataclasses.dataclass(frozen=True)
+class NoiseLabels:
+  """How a network reads the noise labels of `score_sde.models.utils`.
+
+  Labels are sigma(t) (continuous VE), 999 t (VP, sub-VP) or, with `ncsn_index`, the discrete SMLD
+  index i into the descending sigmas sigma_i = sigma_max (sigma_min / sigma_max)^(i / (N - 1)).
+  """
+
+  ncsn_index: bool = False
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  num_scales: int = 1000
+
+  def sigma(self, labels: Array) -> Array:
+    """The noise level sigma a label stands for (only meaningful for VE labels)."""
+    if not self.ncsn_index:
+      return labels.astype(jnp.float32)
+    ratio = labels.astype(jnp.float32) / (self.num_scales - 1)
+    return self.sigma_max * (self.sigma_min / self.sigma_max) ** ratio
+
+
+def noise_labels_from_config(config) -> NoiseLabels:
+  """Discrete VE training feeds NCSN indices; everything else feeds the label as is."""
+  m = config.model
+  return NoiseLabels(ncsn_index=config.training.sde == "vesde" and not config.training.continuous,
+                     sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), num_scales=int(m.num_scales))
+
+
+DTYPES: dict[str, jnp.dtype] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_dtype(config) -> jnp.dtype:
+  """Activation dtype of model.dtype (parameters always stay float32)."""
+  check_choice("dtype", config.model.dtype, DTYPES)
+  return DTYPES[config.model.dtype]
+
+
+def check_choice(field: str, value, choices) -> None:
+  """Raises a ValueError naming `model.<field>` when `value` is not one of `choices`."""
+  if value not in choices:
+    raise ValueError(f"unknown model.{field} {value!r}; choose from {sorted(choices)}")

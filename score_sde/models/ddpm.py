@@ -1,0 +1,23 @@
+"""The DDPM U-Net (Ho et al. 2020, App. B): NCSN++ with DDPM residual blocks and no pyramids or FIR."""
+from __future__ import annotations
+
+from score_sde.models import ncsnpp
+from score_sde.models.registry import register_model
+
+# The settings that make NCSN++ the DDPM architecture; the remaining fields come from config.model.
+DDPM_SETTINGS = dict(resblock_type="ddpm", skip_rescale=False, fir=False, progressive="none",
+                     progressive_input="none", embedding_type="positional", init_scale=0.0,
+                     attend_every_up_block=True)
+
+
+@register_model("ddpm")
+def build_ddpm(config) -> ncsnpp.NCSNpp:
+  """DDPM U-Net: sinusoidal noise embedding, x + h residuals, stride-2 conv / nearest+conv resampling,
+  attention after every up-path block at `attn_resolutions`.
+
+  Width (nf, ch_mult, num_res_blocks, attn_resolutions), dropout, resamp_with_conv, conditional,
+  normalization, nonlinearity, conv_size, attention_type, num_classes, dtype and scale_by_sigma
+  are read from config.model; the fields in DDPM_SETTINGS are fixed.
+  """
+  ncsnpp.check_unet_config(config)
+  return ncsnpp.NCSNpp(**{**ncsnpp.unet_kwargs(config), **DDPM_SETTINGS})

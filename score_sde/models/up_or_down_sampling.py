@@ -1,0 +1,67 @@
+"""FIR up/down-sampling (StyleGAN2's upfirdn2d, Karras et al. 2020) on NHWC arrays with XLA convolutions."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def setup_kernel(kernel: Sequence[float] | np.ndarray) -> np.ndarray:
+  """Separable 1-D taps k -> normalized 2-D kernel k k^T / sum(k k^T); 2-D kernels are only normalized."""
+  k = np.asarray(kernel, dtype=np.float64)
+  if k.ndim == 1:
+    k = np.outer(k, k)
+  if k.ndim != 2 or k.shape[0] != k.shape[1]:
+    raise ValueError(f"FIR kernel must be 1-D or square 2-D, got shape {k.shape}")
+  return (k / k.sum()).astype(np.float32)
+
+
+def upfirdn2d(x: Array, kernel: np.ndarray, *, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> Array:
+  """Upsample (zero insertion), pad, convolve with the 2-D FIR `kernel`, downsample.
+
+  y = down_d( (pad_p(up_u x)) * k ), with `*` a true convolution (the kernel is flipped), applied to
+  every channel separately. Output side: (H u + p0 + p1 - kh) // d + 1. Negative pads crop.
+  """
+  batch, height, width, channels = x.shape
+  kh, kw = kernel.shape
+  p0, p1 = pad
+  # lax.pad's interior padding inserts up - 1 zeros between samples; StyleGAN's upsampling also
+  # appends them after the last sample, hence the extra (up - 1) on the high side.
+  config = [(0, 0, 0), (p0, p1 + up - 1, up - 1), (p0, p1 + up - 1, up - 1), (0, 0, 0)]
+  planes = jnp.transpose(x, (0, 3, 1, 2)).reshape(batch * channels, height, width, 1)
+  planes = jax.lax.pad(planes, jnp.zeros((), x.dtype), config)
+  flipped = jnp.asarray(kernel[::-1, ::-1], x.dtype)[:, :, None, None]
+  out = jax.lax.conv_general_dilated(planes, flipped, window_strides=(down, down), padding="VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out_h, out_w = out.shape[1], out.shape[2]
+  return jnp.transpose(out.reshape(batch, channels, out_h, out_w), (0, 2, 3, 1))
+
+
+def upsample_2d(x: Array, kernel: Sequence[float], factor: int = 2, gain: float = 1.0) -> Array:
+  """[B, H, W, C] -> [B, H f, W f, C]: zero insertion then FIR low-pass (kernel scaled by gain f^2)."""
+  k = setup_kernel(kernel) * (gain * factor**2)
+  p = k.shape[0] - factor
+  return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def downsample_2d(x: Array, kernel: Sequence[float], factor: int = 2, gain: float = 1.0) -> Array:
+  """[B, H, W, C] -> [B, H / f, W / f, C]: FIR low-pass then keep every f-th sample."""
+  k = setup_kernel(kernel) * gain
+  p = k.shape[0] - factor
+  return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
+
+
+def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
+  """Nearest-neighbour upsampling by an integer factor."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
+  """Mean over non-overlapping factor x factor blocks."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
