@@ -1,0 +1,59 @@
+"""Samplers of score-based models: `x, nfe = sample(rng, score_fn, sde, shape, method, **options)`.
+
+Methods (THEORY.md §4): "pc" predictor-corrector (pc.py), "ode" probability-flow ODE and "sde"
+reverse SDE through diffrax (ode.py, sde_solve.py), and the few-step ODE solvers "ddim",
+"dpm_solver", "dpm_solver_pp", "edm_heun" (fast.py). Each sampler is one jitted program.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import jax
+
+from score_sde import sde as sde_lib
+from score_sde.sampling import fast, ode, pc, sde_solve
+from score_sde.sampling.ode import decode, encode
+
+Array = jax.Array
+
+SAMPLERS = {
+    "pc": pc.sample,
+    "ode": ode.sample,
+    "sde": sde_solve.sample,
+    "ddim": fast.ddim,
+    "dpm_solver": fast.dpm_solver,
+    "dpm_solver_pp": fast.dpm_solver_pp,
+    "edm_heun": fast.edm_heun,
+}
+
+
+def options_of(method: str) -> dict:
+  """The options `method` accepts and their defaults."""
+  if method not in SAMPLERS:
+    raise ValueError(f"unknown sampling method {method!r}; choose from {sorted(SAMPLERS)}")
+  parameters = inspect.signature(SAMPLERS[method]).parameters.values()
+  return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "sde", "shape", "method", "options"))
+def _run(rng: Array, *, score_fn, sde, shape, method, options) -> tuple[Array, Array]:
+  return SAMPLERS[method](rng, score_fn, sde, shape, **dict(options))
+
+
+def sample(rng: Array, score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, shape, method: str = "pc",
+           **options) -> tuple[Array, Array]:
+  """Samples of shape `shape` from the model whose score is `score_fn`, and the score evaluations used.
+
+  Options are checked against the method's signature; each (score_fn, sde, shape, options)
+  is compiled once and cached (score_fn and sde are compared by identity).
+  """
+  valid = options_of(method)
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise ValueError(f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(valid)}")
+  return _run(rng, score_fn=score_fn, sde=sde, shape=tuple(shape), method=method,
+              options=tuple(sorted(options.items())))
+
+
+__all__ = ["SAMPLERS", "decode", "encode", "options_of", "sample"]

@@ -1,0 +1,179 @@
+"""Few-step solvers of the probability-flow ODE, generic over VP, sub-VP and VE (THEORY.md §4).
+
+All are written with (alpha_t, sigma_t) = sde.marginal_coeffs(t), lambda_t = log(alpha_t / sigma_t)
+= sde.marginal_lambda(t) and its inverse sde.inverse_lambda, so one code path serves every SDE:
+- DDIM (Song, Meng, Ermon 2021), eta = 0 deterministic (= DPM-Solver-1), eta = 1 ancestral;
+- DPM-Solver-1/2/3 singlestep, noise prediction (Lu et al. 2022, Alg. 1-2, r1 = 1/2; r1, r2 = 1/3, 2/3);
+- DPM-Solver++(2M) multistep, data prediction (Lu et al. 2022b, Alg. 2);
+- EDM's 2nd-order Heun (Karras et al. 2022, Alg. 1) on x~ = x / alpha_t against sigma~ = sigma_t / alpha_t
+  = exp(-lambda_t), with the rho = 7 sigma~ schedule.
+Each returns (x at t = eps, nfe); `denoise` adds one Tweedie step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from score_sde import sde as sde_lib
+from score_sde.sampling import utils
+
+Array = jax.Array
+ScoreFn = utils.ScoreFn
+
+
+def _lambda(sde: sde_lib.SDE, t: Array) -> Array:
+  return sde.marginal_lambda(jnp.reshape(t, (1,)))[0]
+
+
+def _time(sde: sde_lib.SDE, lmbda: Array) -> Array:
+  return sde.inverse_lambda(jnp.reshape(lmbda, (1,)))[0]
+
+
+def ddim_step(rng: Array, x: Array, t: Array, s: Array, score_fn: ScoreFn, sde: sde_lib.SDE, eta: float) -> Array:
+  """x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, c = eta sqrt(Var q(x_s | x_t, x0)) (DDIM eq. 12)."""
+  alpha_t, sigma_t = utils.coeffs(sde, t)
+  alpha_s, sigma_s = utils.coeffs(sde, s)
+  _, b = utils.transition_coeffs(sde, t, s)
+  noise_pred = utils.noise_prediction(score_fn, sde, x, t)
+  x0 = (x - sigma_t * noise_pred) / alpha_t
+  c = eta * sigma_s * b / sigma_t
+  return alpha_s * x0 + jnp.sqrt(jnp.maximum(sigma_s**2 - c**2, 0.0)) * noise_pred + c * jax.random.normal(
+      rng, x.shape, x.dtype)
+
+
+def _first_order(sde, x, t, u, noise_pred_t):
+  """DPM-Solver-1 from t to u: (alpha_u / alpha_t) x - sigma_u (e^{lambda_u - lambda_t} - 1) eps_t."""
+  alpha_t, _ = utils.coeffs(sde, t)
+  alpha_u, sigma_u = utils.coeffs(sde, u)
+  return alpha_u / alpha_t * x - sigma_u * jnp.expm1(_lambda(sde, u) - _lambda(sde, t)) * noise_pred_t
+
+
+def _dpm1(x, t, s, score_fn, sde, noise_pred_t):
+  return _first_order(sde, x, t, s, noise_pred_t)
+
+
+def _dpm2(x, t, s, score_fn, sde, noise_pred_t, r1=0.5):
+  """DPM-Solver-2: one midpoint evaluation at lambda_t + r1 h."""
+  lam_t, h = _lambda(sde, t), _lambda(sde, s) - _lambda(sde, t)
+  s1 = _time(sde, lam_t + r1 * h)
+  u1 = _first_order(sde, x, t, s1, noise_pred_t)
+  d1 = utils.noise_prediction(score_fn, sde, u1, s1) - noise_pred_t
+  _, sigma_s = utils.coeffs(sde, s)
+  return _first_order(sde, x, t, s, noise_pred_t) - sigma_s / (2 * r1) * jnp.expm1(h) * d1
+
+
+def _dpm3(x, t, s, score_fn, sde, noise_pred_t, r1=1.0 / 3.0, r2=2.0 / 3.0):
+  """DPM-Solver-3: evaluations at lambda_t + r1 h and lambda_t + r2 h."""
+  lam_t, h = _lambda(sde, t), _lambda(sde, s) - _lambda(sde, t)
+  s1, s2 = _time(sde, lam_t + r1 * h), _time(sde, lam_t + r2 * h)
+  u1 = _first_order(sde, x, t, s1, noise_pred_t)
+  d1 = utils.noise_prediction(score_fn, sde, u1, s1) - noise_pred_t
+  _, sigma_s2 = utils.coeffs(sde, s2)
+  u2 = (_first_order(sde, x, t, s2, noise_pred_t)
+        - sigma_s2 * r2 / r1 * (jnp.expm1(r2 * h) / (r2 * h) - 1.0) * d1)
+  d2 = utils.noise_prediction(score_fn, sde, u2, s2) - noise_pred_t
+  _, sigma_s = utils.coeffs(sde, s)
+  return _first_order(sde, x, t, s, noise_pred_t) - sigma_s / r2 * (jnp.expm1(h) / h - 1.0) * d2
+
+
+DPM_SOLVER_STEPS = {1: _dpm1, 2: _dpm2, 3: _dpm3}  # order -> step; it costs `order` score evaluations
+
+
+def _scan(step, x: Array, times: Array, rng: Array) -> Array:
+  """Runs step(x, rng, t, s) over consecutive pairs of the grid."""
+  def body(x, inputs):
+    key, t, s = inputs
+    return step(x, key, t, s), None
+  x, _ = jax.lax.scan(body, x, (jax.random.split(rng, times.shape[0] - 1), times[:-1], times[1:]))
+  return x
+
+
+def ddim(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 50, eta: float = 0.0,
+         skip_type: str = "time_uniform", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+  """DDIM with num_steps steps (nfe = num_steps)."""
+  prior_rng, steps_rng = jax.random.split(rng)
+  x = _scan(lambda x, key, t, s: ddim_step(key, x, t, s, score_fn, sde, eta), sde.prior_sampling(prior_rng, shape),
+            utils.time_grid(sde, num_steps, eps, skip_type), steps_rng)
+  x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
+  return x, jnp.asarray(num_steps + denoise_nfe)
+
+
+def dpm_solver(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, order: int = 3, num_steps: int = 10,
+               skip_type: str = "logSNR", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+  """Singlestep DPM-Solver-`order` with num_steps steps (nfe = order * num_steps)."""
+  if order not in DPM_SOLVER_STEPS:
+    raise ValueError(f"unknown DPM-Solver order {order!r}; choose from {sorted(DPM_SOLVER_STEPS)}")
+  update = DPM_SOLVER_STEPS[order]
+
+  def step(x, key, t, s):
+    del key
+    return update(x, t, s, score_fn, sde, utils.noise_prediction(score_fn, sde, x, t))
+
+  x = _scan(step, sde.prior_sampling(rng, shape), utils.time_grid(sde, num_steps, eps, skip_type), rng)
+  x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
+  return x, jnp.asarray(order * num_steps + denoise_nfe)
+
+
+def dpm_solver_pp(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 20,
+                  skip_type: str = "logSNR", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+  """DPM-Solver++(2M): x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, nfe = num_steps.
+
+  D = x0_t + (x0_t - x0_prev) / (2 r), r = h_prev / h, is the multistep 2nd-order estimate of the
+  data prediction (D = x0_t on the first step).
+  """
+  times = utils.time_grid(sde, num_steps, eps, skip_type)
+
+  def step(carry, inputs):
+    x, x0_prev, h_prev = carry
+    index, t, s = inputs
+    _, sigma_t = utils.coeffs(sde, t)
+    alpha_s, sigma_s = utils.coeffs(sde, s)
+    h = _lambda(sde, s) - _lambda(sde, t)
+    x0 = utils.data_prediction(score_fn, sde, x, t)
+    correction = jnp.where(index == 0, 0.0, h / (2.0 * h_prev)) * (x0 - x0_prev)
+    x = sigma_s / sigma_t * x - alpha_s * jnp.expm1(-h) * (x0 + correction)
+    return (x, x0, h), None
+
+  x = sde.prior_sampling(rng, shape)
+  init = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
+  (x, _, _), _ = jax.lax.scan(step, init, (jnp.arange(num_steps), times[:-1], times[1:]))
+  x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
+  return x, jnp.asarray(num_steps + denoise_nfe)
+
+
+def edm_sigmas(sigma_max: Array, sigma_min: Array, num_steps: int, rho: float = 7.0) -> Array:
+  """EDM eq. 5: (sigma_max^{1/rho} + i / n (sigma_min^{1/rho} - sigma_max^{1/rho}))^rho, i = 0..n."""
+  ramp = jnp.linspace(0.0, 1.0, num_steps + 1)
+  return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def edm_heun(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 18, rho: float = 7.0,
+             eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+  """EDM Heun on dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ with D the Tweedie data prediction.
+
+  The sigma~ grid runs from sigma~(T) to sigma~(eps) (rho spacing); the time of each sigma~ is
+  inverse_lambda(-log sigma~). nfe = 2 num_steps: unlike EDM the last step is Heun too, since it
+  ends at sigma~(eps) > 0; `denoise` is EDM's final Euler step to sigma~ = 0.
+  """
+  if num_steps < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  sigma_max, sigma_min = jnp.exp(-sde.marginal_lambda(jnp.asarray([sde.T, eps], jnp.float32)))
+  sigmas = edm_sigmas(sigma_max, sigma_min, num_steps, rho)
+  times = sde.inverse_lambda(-jnp.log(sigmas)).at[0].set(sde.T).at[-1].set(eps)
+
+  def slope(y, t, sigma):
+    alpha, _ = utils.coeffs(sde, t)
+    return (y - utils.data_prediction(score_fn, sde, alpha * y, t)) / sigma
+
+  def step(y, inputs):
+    t, s, sigma_t, sigma_s = inputs
+    d_t = slope(y, t, sigma_t)
+    y_euler = y + (sigma_s - sigma_t) * d_t
+    return y + (sigma_s - sigma_t) * 0.5 * (d_t + slope(y_euler, s, sigma_s)), None
+
+  alpha_T, _ = utils.coeffs(sde, jnp.asarray(sde.T))
+  y = sde.prior_sampling(rng, shape) / alpha_T
+  y, _ = jax.lax.scan(step, y, (times[:-1], times[1:], sigmas[:-1], sigmas[1:]))
+  alpha_eps, _ = utils.coeffs(sde, jnp.asarray(eps))
+  x, denoise_nfe = utils.finish(score_fn, sde, alpha_eps * y, eps, denoise)
+  return x, jnp.asarray(2 * num_steps + denoise_nfe)
