@@ -128,6 +128,9 @@ class VPSDE(SDE):
 
   def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
     super().__init__(N)
+    if not 0 < beta_min <= beta_max < N:
+      raise ValueError(f"VPSDE needs 0 < beta_min <= beta_max < N so that every discrete beta_i lies in (0, 1); "
+                       f"got beta_min={beta_min}, beta_max={beta_max}, N={N}")
     self.beta_0 = beta_min
     self.beta_1 = beta_max
     # DDPM chain: beta_i = beta_min / N + i (beta_max - beta_min) / (N (N - 1)).

@@ -102,7 +102,7 @@ def test_smld_discrete_loss_of_exact_score_equals_floor(mixture2d):
 
 def test_ddpm_discrete_loss_is_noise_prediction_error():
   """Through get_score_fn(continuous=False), the VP discrete loss is Ho et al.'s 0.5 ||eps_theta - z||^2."""
-  sde = sde_lib.VPSDE(N=10)
+  sde = sde_lib.VPSDE(N=50)
   scale = 0.3
   eps_model = lambda x, labels: scale * x * (1 + labels[:, None])
   score_fn = models.score_from_model_fn(sde, eps_model, continuous=False)

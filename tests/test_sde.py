@@ -198,3 +198,8 @@ def test_sliced_wasserstein_separates_distributions():
   assert same < 0.1 < different
   # A shift by the all-ones vector moves each unit projection by its sum: RMS over directions = 1.
   assert different == pytest.approx(1.0, rel=0.25)
+
+
+def test_vpsde_rejects_a_chain_with_betas_outside_the_unit_interval():
+  with pytest.raises(ValueError, match="beta_max=20.0, N=10"):
+    sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=10)
