@@ -28,29 +28,18 @@ def _reduce(x: Array, reduce_mean: bool) -> Array:
   return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
 
 
-def importance_weight_table(sde: sde_lib.SDE, eps: float, num_points: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-  """Tabulated CDF of the proposal p(t) ∝ g(t)^2 / sigma_t^2 on [eps, T] (unnormalised).
+def sample_importance_time(rng: Array, sde: sde_lib.SDE, batch: int, eps: float, dtype=jnp.float32):
+  """t ~ p(t) ∝ g(t)^2 / sigma_t^2 on [eps, T], and the normaliser Z = int_eps^T g^2 / sigma^2 dt.
 
   Likelihood weighting lambda(t) = g^2 makes the DSM integrand g^2 ||s + z/sigma||^2 =
   (g^2/sigma^2) ||sigma s + z||^2, whose weight blows up like 1/t near t = 0 for VP. Sampling t from
-  p(t) ∝ g^2/sigma^2 leaves the bounded term Z ||sigma s + z||^2 (Z the normaliser), the
-  variance-reduced estimator of Song et al. 2021 (maximum-likelihood training). Returns the time
-  grid and the cumulative trapezoid integral on it (the last entry is Z).
+  p(t) leaves the bounded Z ||sigma s + z||^2 (Song et al. 2021, maximum-likelihood training). For
+  every linear SDE g^2 / sigma^2 = -2 d lambda / dt with lambda = log(alpha / sigma), so p(t) is the
+  image of a uniform lambda on [lambda_T, lambda_eps] and Z = 2 (lambda_eps - lambda_T).
   """
-  grid = np.union1d(np.geomspace(eps, sde.T, num_points), np.linspace(eps, sde.T, num_points))
-  t = jnp.asarray(grid, jnp.float32)
-  _, diffusion = sde.sde(jnp.zeros((len(grid), 1)), t)
-  _, std = sde.marginal_coeffs(t)
-  density = np.asarray(diffusion, np.float64) ** 2 / np.asarray(std, np.float64) ** 2
-  cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
-  return grid, cdf
-
-
-def sample_importance_time(rng: Array, sde: sde_lib.SDE, batch: int, eps: float) -> tuple[Array, float]:
-  """t ~ p(t) ∝ g^2/sigma^2 on [eps, T] by inverse-CDF sampling, and the normaliser Z."""
-  grid, cdf = importance_weight_table(sde, eps)
-  u = jax.random.uniform(rng, (batch,), minval=0.0, maxval=cdf[-1])
-  return jnp.interp(u, jnp.asarray(cdf, jnp.float32), jnp.asarray(grid, jnp.float32)), float(cdf[-1])
+  lambda_eps, lambda_end = sde.marginal_lambda(jnp.asarray([eps, sde.T], dtype))
+  lmbda = jax.random.uniform(rng, (batch,), dtype, minval=lambda_end, maxval=lambda_eps)
+  return jnp.clip(sde.inverse_lambda(lmbda), eps, sde.T), 2.0 * (lambda_eps - lambda_end)
 
 
 def dsm_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, reduce_mean: bool = False,
@@ -66,8 +55,7 @@ def dsm_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, reduc
   t_rng, z_rng = jax.random.split(rng)
   batch = x.shape[0]
   if importance_weighting:
-    t, normaliser = sample_importance_time(t_rng, sde, batch, eps)
-    t = t.astype(x.dtype)
+    t, normaliser = sample_importance_time(t_rng, sde, batch, eps, x.dtype)
   else:
     t = jax.random.uniform(t_rng, (batch,), x.dtype, minval=eps, maxval=sde.T)
   z = jax.random.normal(z_rng, x.shape, x.dtype)

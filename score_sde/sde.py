@@ -152,9 +152,12 @@ class VPSDE(SDE):
     return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
 
   def time_of_log_mean_coeff(self, log_alpha: Array) -> Array:
-    """Inverse of `log_mean_coeff`: the positive root of the quadratic in t."""
-    slope = self.beta_1 - self.beta_0
-    return (-self.beta_0 + jnp.sqrt(self.beta_0**2 - 4.0 * slope * log_alpha)) / slope
+    """Inverse of `log_mean_coeff`: the positive root of (slope/4) t^2 + (beta_min/2) t + log_alpha = 0.
+
+    Written as 2c / (b + sqrt(b^2 + 4ac)) (c = -log_alpha), which has no cancellation as t -> 0.
+    """
+    quadratic, linear, constant = 0.25 * (self.beta_1 - self.beta_0), 0.5 * self.beta_0, -log_alpha
+    return 2.0 * constant / (linear + jnp.sqrt(linear**2 + 4.0 * quadratic * constant))
 
   def sde(self, x, t):
     beta_t = self.beta(t)

@@ -68,23 +68,34 @@ def test_importance_sampled_likelihood_weighting_is_unbiased_with_lower_variance
   assert weighted_error <= plain_error * 1.01
 
 
-def test_importance_normaliser_matches_closed_form_for_vp():
-  """For VP, int g^2 / sigma^2 dt = [log(expm1(u))] with u(t) = -2 log alpha_t."""
-  sde = sde_lib.VPSDE()
-  eps = 1e-5
-  _, cdf = losses.importance_weight_table(sde, eps)
+def _vp_proposal_cdf(sde, eps):
+  """For VP, int_eps^t g^2 / sigma^2 = [log(expm1(u))]_eps^t with u(t) = -2 log alpha_t (closed form)."""
   u = lambda t: -2 * (-0.25 * t**2 * (sde.beta_1 - sde.beta_0) - 0.5 * t * sde.beta_0)
-  closed_form = np.log(np.expm1(u(1.0))) - np.log(np.expm1(u(eps)))
-  assert cdf[-1] == pytest.approx(closed_form, rel=1e-4)
+  return lambda t: np.log(np.expm1(u(t))) - np.log(np.expm1(u(eps)))
+
+
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_importance_normaliser_is_the_integral_of_the_proposal(name):
+  sde = SDES[name]()
+  eps = 1e-5
+  _, normaliser = losses.sample_importance_time(jax.random.PRNGKey(0), sde, 1, eps)
+  grid = np.geomspace(eps, 1.0, 200001)
+  _, diffusion = sde.sde(jnp.zeros((len(grid), 1)), jnp.asarray(grid, jnp.float32))
+  density = np.asarray(diffusion, np.float64) ** 2 / np.asarray(sde.marginal_coeffs(jnp.asarray(grid))[1],
+                                                                 np.float64) ** 2
+  trapezoid = np.sum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))
+  assert float(normaliser) == pytest.approx(trapezoid, rel=2e-3)
+  if name == "vp":
+    assert float(normaliser) == pytest.approx(_vp_proposal_cdf(sde, eps)(1.0), rel=1e-4)
 
 
 def test_importance_times_follow_the_proposal_density():
   sde = sde_lib.VPSDE()
   t, normaliser = losses.sample_importance_time(jax.random.PRNGKey(0), sde, 200000, 1e-5)
-  u = lambda t: -2 * (-0.25 * t**2 * (sde.beta_1 - sde.beta_0) - 0.5 * t * sde.beta_0)
-  cdf = lambda t: (np.log(np.expm1(u(t))) - np.log(np.expm1(u(1e-5)))) / normaliser
-  for threshold in (1e-3, 1e-2, 0.1, 0.5):
-    assert float(jnp.mean(t < threshold)) == pytest.approx(cdf(threshold), abs=0.005)
+  cdf = _vp_proposal_cdf(sde, 1e-5)
+  assert bool(jnp.all((t >= 1e-5) & (t <= 1.0)))
+  for threshold in (1e-4, 1e-3, 1e-2, 0.1, 0.5):
+    assert float(jnp.mean(t < threshold)) == pytest.approx(cdf(threshold) / float(normaliser), abs=0.005)
 
 
 def test_smld_discrete_loss_of_exact_score_equals_floor(mixture2d):
