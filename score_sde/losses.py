@@ -107,16 +107,45 @@ def discrete_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, 
   return _reduce((sde_lib.batch_broadcast(std, x) * score + z) ** 2, reduce_mean)
 
 
+def drop_labels(rng: Array, labels: Array, num_classes: int, drop_prob: float) -> Array:
+  """Replaces each label by the null class `num_classes` with probability `drop_prob`.
+
+  Training on the null class as well teaches one network both the conditional and the unconditional
+  score, which classifier-free guidance combines (Ho & Salimans 2022).
+  """
+  drop = jax.random.bernoulli(rng, drop_prob, labels.shape)
+  return jnp.where(drop, num_classes, labels).astype(jnp.int32)
+
+
 def get_loss_fn(sde: sde_lib.SDE, model: nn.Module, *, train: bool, reduce_mean: bool = False,
                 continuous: bool = True, likelihood_weighting: bool = False, importance_weighting: bool = False,
-                eps: float = 1e-5) -> Callable[[object, Array, dict], Array]:
-  """loss(params, rng, batch) -> scalar mean loss over batch["image"]."""
+                eps: float = 1e-5, cond_drop_prob: float = 0.0) -> Callable[[object, Array, dict], Array]:
+  """loss(params, rng, batch) -> scalar mean loss over batch["image"].
+
+  A class-conditional network (model.num_classes > 0) receives batch["label"], each replaced by the
+  null class with probability `cond_drop_prob` when training (classifier-free guidance).
+  """
   if not continuous and likelihood_weighting:
     raise ValueError("likelihood_weighting needs training.continuous=True")
+  if not 0.0 <= cond_drop_prob <= 1.0:
+    raise ValueError(f"cond_drop_prob (training.cond_drop_prob) must lie in [0, 1], got {cond_drop_prob}")
+  num_classes = getattr(model, "num_classes", 0)
+  if cond_drop_prob > 0 and not num_classes:
+    raise ValueError(f"cond_drop_prob={cond_drop_prob} drops class labels, but the model is not class-conditional "
+                     "(model.num_classes is 0)")
+
+  def class_labels(rng: Array, batch: dict) -> Array | None:
+    if not num_classes:
+      return None
+    if "label" not in batch:
+      raise ValueError(f"the model is class-conditional (num_classes={num_classes}) but the batch has no 'label'")
+    labels = batch["label"]
+    return drop_labels(rng, labels, num_classes, cond_drop_prob) if train and cond_drop_prob > 0 else labels
 
   def loss_fn(params, rng: Array, batch: dict) -> Array:
     dropout_rng, loss_rng = jax.random.split(rng)
-    score_fn = models.get_score_fn(sde, model, params, train=train, continuous=continuous, rng=dropout_rng)
+    y = class_labels(jax.random.fold_in(rng, 1), batch)
+    score_fn = models.get_score_fn(sde, model, params, train=train, continuous=continuous, rng=dropout_rng, y=y)
     if continuous:
       losses = dsm_loss(loss_rng, score_fn, sde, batch["image"], reduce_mean=reduce_mean,
                         likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps)
@@ -145,14 +174,17 @@ def get_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransforma
 
 def get_step_fn(sde: sde_lib.SDE, model: nn.Module, optimizer: optax.GradientTransformation, *, train: bool,
                 reduce_mean: bool = False, continuous: bool = True, likelihood_weighting: bool = False,
-                importance_weighting: bool = False, eps: float = 1e-5, ema_rate: float = 0.999):
+                importance_weighting: bool = False, eps: float = 1e-5, ema_rate: float = 0.999,
+                cond_drop_prob: float = 0.0):
   """A pure step(state, batch, rng) -> (state, metrics), ready for jax.jit and sharding.
 
   Training: one optimizer update on the DSM loss, then EMA
-  ema <- ema_rate ema + (1 - ema_rate) params. Evaluation: the loss of the EMA parameters.
+  ema <- ema_rate ema + (1 - ema_rate) params. Evaluation: the loss of the EMA parameters (with the
+  true class labels: labels are dropped in training only).
   """
   loss_fn = get_loss_fn(sde, model, train=train, reduce_mean=reduce_mean, continuous=continuous,
-                        likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps)
+                        likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps,
+                        cond_drop_prob=cond_drop_prob)
 
   def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
     loss, grads = jax.value_and_grad(loss_fn)(state.params, rng, batch)

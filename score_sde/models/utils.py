@@ -19,12 +19,18 @@ def init_params(rng: Array, model: nn.Module, shape: tuple[int, ...]):
   return model.init({"params": rng, "dropout": rng}, x, labels, train=False)["params"]
 
 
-def get_model_fn(model: nn.Module, params, *, train: bool = False, rng: Array | None = None):
-  """(x, noise_labels) -> network output; `rng` feeds dropout when training."""
+def get_model_fn(model: nn.Module, params, *, train: bool = False, rng: Array | None = None,
+                 y: Array | None = None):
+  """(x, noise_labels) -> network output; `rng` feeds dropout when training.
+
+  `y` (int class labels [B]) is passed to class-conditional networks (model.num_classes > 0) only
+  when given, so label-free networks keep their (x, noise_labels, train) signature.
+  """
   if train and rng is None:
     raise ValueError("get_model_fn(train=True) needs an rng for dropout")
   rngs = {"dropout": rng} if train else {}
-  return lambda x, labels: model.apply({"params": params}, x, labels, train=train, rngs=rngs)
+  class_kwargs = {} if y is None else {"y": y}
+  return lambda x, labels: model.apply({"params": params}, x, labels, train=train, rngs=rngs, **class_kwargs)
 
 
 def _vp_score(sde: sde_lib.VPSDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
@@ -66,6 +72,10 @@ def score_from_model_fn(sde: sde_lib.SDE, model_fn, *, continuous: bool = True) 
 
 
 def get_score_fn(sde: sde_lib.SDE, model: nn.Module, params, *, train: bool = False, continuous: bool = True,
-                 rng: Array | None = None) -> Callable[[Array, Array], Array]:
-  """score_fn(x, t) of a network, handling noise prediction (VP, sub-VP) and direct scores (VE)."""
-  return score_from_model_fn(sde, get_model_fn(model, params, train=train, rng=rng), continuous=continuous)
+                 rng: Array | None = None, y: Array | None = None) -> Callable[[Array, Array], Array]:
+  """score_fn(x, t) of a network, handling noise prediction (VP, sub-VP) and direct scores (VE).
+
+  With class labels `y` [B] it is the class-conditional score grad log p_t(x | y); a
+  class-conditional network called without `y` gives its unconditional ("null" label) score.
+  """
+  return score_from_model_fn(sde, get_model_fn(model, params, train=train, rng=rng, y=y), continuous=continuous)
