@@ -101,7 +101,9 @@ def log_likelihood(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, es
   log p_eps(x) = prior_logp(x(T)) + int_eps^T div f~(x(t), t) dt with f~ = f - g^2 s / 2 (THEORY.md §5):
   x is taken to be a sample at time eps and carried up to T together with the divergence integral
   (Tsit5, PIDController(rtol, atol)). With the exact score and prior_logp = log p_T this is exactly
-  log p_eps(x), the log-density of the data perturbed to time eps.
+  log p_eps(x), the log-density of the data perturbed to time eps; with the default prior it is the
+  likelihood of the model started from N(0, prior_std^2 I), off by log pi(x(T)) - log p_T(x(T)).
+  The batch is solved jointly: one step-size sequence, controlled on the RMS error of all samples.
 
   Args:
     estimator: a key of DIVERGENCE_ESTIMATORS. Random probes are drawn once and kept fixed along

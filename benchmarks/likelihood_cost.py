@@ -1,0 +1,112 @@
+"""Cost and accuracy of `likelihood.log_likelihood` and the bounds, on the Gaussian-mixture oracle.
+
+Prints three tables (ratios of seconds measured side by side in this run, never absolute times):
+  1. rtol = atol sweep (VP, 32-D): NFE, seconds per batch relative to the tightest tolerance, and the
+     solver error of the exact-trace solve against the oracle log p_eps.
+  2. divergence estimators at rtol = atol = 1e-5 (VP, 32-D): bias +- standard error against the
+     oracle, per-sample standard deviation, and seconds relative to one Rademacher probe.
+  3. bounds (2-D mixture, exact score): E[log p_eps - bound] for the continuous ELBO and the DDPM ELBO.
+Run: .venv/bin/python benchmarks/likelihood_cost.py
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_sde import likelihood
+from score_sde import sde as sde_lib
+from score_sde import testing
+
+EPS = 1e-5
+
+
+def _seconds(fn, repeats: int = 5) -> float:
+  """Shortest wall time of fn() over `repeats` calls after one compiling call (robust to a shared CPU)."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _oracle(mixture, sde, x):
+  return np.asarray(mixture.log_prob(x, sde, jnp.full((x.shape[0],), EPS)))
+
+
+def tolerance_table(mixture, sde, score_fn, prior_logp, x):
+  print("\n1. rtol = atol sweep: VP, 32-D mixture, batch", x.shape[0])
+  print(f"{'rtol=atol':>10} {'NFE':>5} {'sec ratio':>9} {'max |err| (exact)':>18} {'mean err (exact)':>17}")
+  truth = _oracle(mixture, sde, x)
+  rows = []
+  for tol in (1e-2, 1e-3, 1e-4, 1e-5):
+    def run(estimator, tol=tol):
+      return likelihood.log_likelihood(jax.random.PRNGKey(1), score_fn, sde, x, estimator, rtol=tol, atol=tol,
+                                       eps=EPS, prior_logp=prior_logp)
+    seconds = _seconds(lambda: run("rademacher")[0])
+    logp, nfe = run("exact")
+    err = np.asarray(logp) - truth
+    rows.append((tol, int(nfe), seconds, np.abs(err).max(), err.mean()))
+  reference = rows[-1][2]
+  for tol, nfe, seconds, max_err, mean_err in rows:
+    print(f"{tol:>10.0e} {nfe:>5d} {seconds / reference:>9.2f} {max_err:>18.2e} {mean_err:>17.2e}")
+
+
+def estimator_table(mixture, sde, score_fn, prior_logp, points, num_repeats: int = 64):
+  print(f"\n2. estimators at rtol=atol=1e-5: VP, 32-D, {points.shape[0]} points x {num_repeats} independent runs")
+  print(f"{'estimator':>10} {'probes':>6} {'bias +- s.e. (nats)':>22} {'std/sample':>10} {'sec ratio':>9}")
+  truth = _oracle(mixture, sde, points)
+  x = jnp.tile(points, (num_repeats, 1))
+  rows = []
+  for estimator, probes in (("rademacher", 1), ("gaussian", 1), ("rademacher", 4), ("exact", 1)):
+    def run(estimator=estimator, probes=probes):
+      return likelihood.log_likelihood(jax.random.PRNGKey(2), score_fn, sde, x, estimator, eps=EPS,
+                                       num_probes=probes, prior_logp=prior_logp)[0]
+    seconds = _seconds(run, repeats=2)
+    draws = np.asarray(run()).reshape(num_repeats, -1) - truth
+    bias = draws.mean()
+    std_err = draws.mean(axis=1).std(ddof=1) / np.sqrt(num_repeats)
+    rows.append((estimator, probes, bias, std_err, draws.std(axis=0, ddof=1).mean(), seconds))
+  reference = rows[0][-1]
+  for estimator, probes, bias, std_err, std, seconds in rows:
+    print(f"{estimator:>10} {probes:>6d} {bias:>+12.4f} +- {std_err:.4f} {std:>10.3f} {seconds / reference:>9.2f}")
+
+
+def bounds_table(mixture, num: int = 2048):
+  print(f"\n3. bounds with the exact score: 2-D mixture, {num} data points; gap = mean(log p - bound) +- s.e.")
+  print(f"{'sde':>7} {'bound':>28} {'gap (nats)':>18}")
+  x, _ = mixture.sample(jax.random.PRNGKey(0), num)
+  for name, sde in (("vp", sde_lib.VPSDE()), ("ve", sde_lib.VESDE())):
+    score_fn = mixture.score_fn(sde)
+    bounds = {
+        "continuous ELBO (num_t=16)": (likelihood.elbo(jax.random.PRNGKey(1), score_fn, sde, x, num_t=16),
+                                       _oracle(mixture, sde, x)),
+    }
+    for num_steps in (10, 100, 1000):
+      bound = likelihood.ddpm_elbo(jax.random.PRNGKey(1), score_fn, sde, x, num_steps=num_steps)
+      bounds[f"DDPM ELBO N={num_steps} log-SNR"] = (bound, np.asarray(mixture.log_prob(x)))
+    bound = likelihood.ddpm_elbo(jax.random.PRNGKey(1), score_fn, sde, x, num_steps=1000, grid="uniform")
+    bounds["DDPM ELBO N=1000 uniform t"] = (bound, np.asarray(mixture.log_prob(x)))
+    for label, (bound, truth) in bounds.items():
+      gap = truth - np.asarray(bound)
+      print(f"{name:>7} {label:>28} {gap.mean():>+9.4f} +- {gap.std() / np.sqrt(num):.4f}")
+
+
+def main():
+  sde = sde_lib.VPSDE()
+  mixture = testing.high_dim_mixture(dim=32)
+  score_fn = mixture.score_fn(sde)
+
+  def prior_logp(z):
+    return mixture.log_prob(z, sde, jnp.full((z.shape[0],), sde.T))
+
+  x, _ = mixture.sample(jax.random.PRNGKey(0), 64)
+  tolerance_table(mixture, sde, score_fn, prior_logp, x)
+  estimator_table(mixture, sde, score_fn, prior_logp, x[:8])
+  bounds_table(testing.two_dim_mixture())
+
+
+if __name__ == "__main__":
+  main()
