@@ -14,29 +14,6 @@ def _normal_around_one(key: Array, shape: tuple[int, ...], dtype=jnp.float32) ->
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
-class GroupNorm(nn.Module):
-  """GroupNorm with min(C / 4, 32) groups, as in DDPM / NCSN++."""
-
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    channels = x.shape[-1]
-    groups = max(1, min(channels // 4, 32))
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32)(x)
-
-
-class InstanceNorm(nn.Module):
-  """Per-sample, per-channel normalization over H, W with a learned affine map."""
-
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype,
-                        param_dtype=jnp.float32)(x)
-
-
 class InstanceNormPlus(nn.Module):
   """InstanceNorm++ (Song & Ermon 2020, eq. 8): instance norm that keeps the channel means' spread.
 
@@ -61,16 +38,37 @@ class InstanceNormPlus(nn.Module):
     return (gamma * h + beta).astype(self.dtype)
 
 
-NORMALIZATIONS: dict[str, type[nn.Module]] = {
-    "GroupNorm": GroupNorm,
-    "InstanceNorm": InstanceNorm,
-    "InstanceNorm++": InstanceNormPlus,
+def _group_norm(x: Array, dtype: jnp.dtype) -> Array:
+  """GroupNorm with min(C / 4, 32) groups, as in DDPM / NCSN++."""
+  groups = max(1, min(x.shape[-1] // 4, 32))
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32)(x)
+
+
+def _instance_norm(x: Array, dtype: jnp.dtype) -> Array:
+  """Per-sample, per-channel normalization over H, W with a learned affine map."""
+  return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32)(x)
+
+
+NORMALIZATIONS: dict[str, Callable[[Array, jnp.dtype], Array]] = {
+    "GroupNorm": _group_norm,
+    "InstanceNorm": _instance_norm,
+    "InstanceNorm++": lambda x, dtype: InstanceNormPlus(dtype=dtype)(x),
 }
+
+
+class Normalization(nn.Module):
+  """The normalization named `kind`; one module class for all kinds keeps parameter paths alike."""
+
+  kind: str = "GroupNorm"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return NORMALIZATIONS[self.kind](x, self.dtype)
 
 
 def get_normalization(name: str, dtype: jnp.dtype = jnp.float32) -> Callable[[], nn.Module]:
   """Factory of fresh normalization modules named `name` (model.normalization)."""
   if name not in NORMALIZATIONS:
     raise ValueError(f"unknown model.normalization {name!r}; choose from {sorted(NORMALIZATIONS)}")
-  cls = NORMALIZATIONS[name]
-  return lambda: cls(dtype=dtype)
+  return lambda: Normalization(name, dtype)
