@@ -3,8 +3,9 @@
 Prints three tables (ratios of seconds measured side by side in this run, never absolute times):
   1. rtol = atol sweep (VP, 32-D): NFE, seconds per batch relative to the tightest tolerance, and the
      solver error of the exact-trace solve against the oracle log p_eps.
-  2. divergence estimators at rtol = atol = 1e-5 (VP, 32-D): bias +- standard error against the
-     oracle, per-sample standard deviation, and seconds relative to one Rademacher probe.
+  2. divergence estimators at rtol = atol = 1e-5 (VP, 32-D): NFE, bias +- standard error against
+     the oracle, per-sample standard deviation, and seconds relative to one Rademacher probe (the
+     divergence integral is error-controlled too, so a noisier estimator takes more steps).
   3. bounds (2-D mixture, exact score): E[log p_eps - bound] for the continuous ELBO and the DDPM ELBO.
 Run: .venv/bin/python benchmarks/likelihood_cost.py
 """
@@ -56,22 +57,24 @@ def tolerance_table(mixture, sde, score_fn, prior_logp, x):
 
 def estimator_table(mixture, sde, score_fn, prior_logp, points, num_repeats: int = 64):
   print(f"\n2. estimators at rtol=atol=1e-5: VP, 32-D, {points.shape[0]} points x {num_repeats} independent runs")
-  print(f"{'estimator':>10} {'probes':>6} {'bias +- s.e. (nats)':>22} {'std/sample':>10} {'sec ratio':>9}")
+  print(f"{'estimator':>10} {'probes':>6} {'NFE':>5} {'bias +- s.e. (nats)':>22} {'std/sample':>10} {'sec ratio':>9}")
   truth = _oracle(mixture, sde, points)
   x = jnp.tile(points, (num_repeats, 1))
   rows = []
   for estimator, probes in (("rademacher", 1), ("gaussian", 1), ("rademacher", 4), ("exact", 1)):
     def run(estimator=estimator, probes=probes):
       return likelihood.log_likelihood(jax.random.PRNGKey(2), score_fn, sde, x, estimator, eps=EPS,
-                                       num_probes=probes, prior_logp=prior_logp)[0]
-    seconds = _seconds(run, repeats=2)
-    draws = np.asarray(run()).reshape(num_repeats, -1) - truth
+                                       num_probes=probes, prior_logp=prior_logp)
+    seconds = _seconds(lambda: run()[0], repeats=2)
+    logp, nfe = run()
+    draws = np.asarray(logp).reshape(num_repeats, -1) - truth
     bias = draws.mean()
     std_err = draws.mean(axis=1).std(ddof=1) / np.sqrt(num_repeats)
-    rows.append((estimator, probes, bias, std_err, draws.std(axis=0, ddof=1).mean(), seconds))
+    rows.append((estimator, probes, int(nfe), bias, std_err, draws.std(axis=0, ddof=1).mean(), seconds))
   reference = rows[0][-1]
-  for estimator, probes, bias, std_err, std, seconds in rows:
-    print(f"{estimator:>10} {probes:>6d} {bias:>+12.4f} +- {std_err:.4f} {std:>10.3f} {seconds / reference:>9.2f}")
+  for estimator, probes, nfe, bias, std_err, std, seconds in rows:
+    print(f"{estimator:>10} {probes:>6d} {nfe:>5d} {bias:>+12.4f} +- {std_err:.4f} {std:>10.3f} "
+          f"{seconds / reference:>9.2f}")
 
 
 def bounds_table(mixture, num: int = 2048):
