@@ -10,6 +10,7 @@ import functools
 import inspect
 
 import jax
+import numpy as np
 
 from score_sde import sde as sde_lib
 from score_sde.sampling import fast, ode, pc, sde_solve
@@ -36,23 +37,36 @@ def options_of(method: str) -> dict:
   return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def _check_values(sde: sde_lib.SDE, options: dict) -> None:
+  """Numeric options every method shares: step counts positive, eps inside (0, T)."""
+  for name, low in (("num_steps", 1), ("n_steps", 0), ("max_steps", 1)):
+    value = options.get(name)
+    if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
+      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+  if "eps" in options and not 0.0 < options["eps"] < sde.T:
+    raise ValueError(f"eps must lie in (0, T={sde.T}), got {options['eps']!r}")
+
+
 @functools.partial(jax.jit, static_argnames=("score_fn", "sde", "shape", "method", "options"))
-def _run(rng: Array, *, score_fn, sde, shape, method, options) -> tuple[Array, Array]:
-  return SAMPLERS[method](rng, score_fn, sde, shape, **dict(options))
+def _run(rng: Array, num_steps: dict, *, score_fn, sde, shape, method, options) -> tuple[Array, Array]:
+  return SAMPLERS[method](rng, score_fn, sde, shape, **num_steps, **dict(options))
 
 
 def sample(rng: Array, score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, shape, method: str = "pc",
            **options) -> tuple[Array, Array]:
   """Samples of shape `shape` from the model whose score is `score_fn`, and the score evaluations used.
 
-  Options are checked against the method's signature; each (score_fn, sde, shape, options)
-  is compiled once and cached (score_fn and sde are compared by identity).
+  Options are checked against the method's signature. num_steps is a traced argument, so one
+  compilation per (score_fn, sde, shape, method, other options) serves every step count
+  (score_fn and sde are compared by identity).
   """
   valid = options_of(method)
   unknown = sorted(set(options) - set(valid))
   if unknown:
     raise ValueError(f"unknown option(s) {unknown} for method {method!r}; valid options: {sorted(valid)}")
-  return _run(rng, score_fn=score_fn, sde=sde, shape=tuple(shape), method=method,
+  _check_values(sde, options)
+  num_steps = {"num_steps": options.pop("num_steps")} if options.get("num_steps") is not None else {}
+  return _run(rng, num_steps, score_fn=score_fn, sde=sde, shape=tuple(shape), method=method,
               options=tuple(sorted(options.items())))
 
 

@@ -79,23 +79,19 @@ def _dpm3(x, t, s, score_fn, sde, noise_pred_t, r1=1.0 / 3.0, r2=2.0 / 3.0):
 DPM_SOLVER_STEPS = {1: _dpm1, 2: _dpm2, 3: _dpm3}  # order -> step; it costs `order` score evaluations
 
 
-def _scan(step, x: Array, times: Array, rng: Array) -> Array:
-  """Runs step(x, rng, t, s) over consecutive pairs of the grid."""
-  def body(x, inputs):
-    key, t, s = inputs
-    return step(x, key, t, s), None
-  x, _ = jax.lax.scan(body, x, (jax.random.split(rng, times.shape[0] - 1), times[:-1], times[1:]))
-  return x
-
-
 def ddim(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 50, eta: float = 0.0,
          skip_type: str = "time_uniform", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
   """DDIM with num_steps steps (nfe = num_steps)."""
+  utils.check_skip_type(skip_type)
   prior_rng, steps_rng = jax.random.split(rng)
-  x = _scan(lambda x, key, t, s: ddim_step(key, x, t, s, score_fn, sde, eta), sde.prior_sampling(prior_rng, shape),
-            utils.time_grid(sde, num_steps, eps, skip_type), steps_rng)
+
+  def step(i, x, u, u_next):
+    t, s = utils.grid_time(sde, u, eps, skip_type), utils.grid_time(sde, u_next, eps, skip_type)
+    return ddim_step(jax.random.fold_in(steps_rng, i), x, t, s, score_fn, sde, eta)
+
+  x = utils.fixed_steps(step, sde.prior_sampling(prior_rng, shape), num_steps)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
-  return x, jnp.asarray(num_steps + denoise_nfe)
+  return x, num_steps + denoise_nfe
 
 
 def dpm_solver(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, order: int = 3, num_steps: int = 10,
@@ -103,15 +99,17 @@ def dpm_solver(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, order:
   """Singlestep DPM-Solver-`order` with num_steps steps (nfe = order * num_steps)."""
   if order not in DPM_SOLVER_STEPS:
     raise ValueError(f"unknown DPM-Solver order {order!r}; choose from {sorted(DPM_SOLVER_STEPS)}")
+  utils.check_skip_type(skip_type)
   update = DPM_SOLVER_STEPS[order]
 
-  def step(x, key, t, s):
-    del key
+  def step(i, x, u, u_next):
+    del i
+    t, s = utils.grid_time(sde, u, eps, skip_type), utils.grid_time(sde, u_next, eps, skip_type)
     return update(x, t, s, score_fn, sde, utils.noise_prediction(score_fn, sde, x, t))
 
-  x = _scan(step, sde.prior_sampling(rng, shape), utils.time_grid(sde, num_steps, eps, skip_type), rng)
+  x = utils.fixed_steps(step, sde.prior_sampling(rng, shape), num_steps)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
-  return x, jnp.asarray(order * num_steps + denoise_nfe)
+  return x, order * num_steps + denoise_nfe
 
 
 def dpm_solver_pp(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 20,
@@ -121,30 +119,27 @@ def dpm_solver_pp(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num
   D = x0_t + (x0_t - x0_prev) / (2 r), r = h_prev / h, is the multistep 2nd-order estimate of the
   data prediction (D = x0_t on the first step).
   """
-  times = utils.time_grid(sde, num_steps, eps, skip_type)
+  utils.check_skip_type(skip_type)
 
-  def step(carry, inputs):
+  def step(i, carry, u, u_next):
     x, x0_prev, h_prev = carry
-    index, t, s = inputs
+    t, s = utils.grid_time(sde, u, eps, skip_type), utils.grid_time(sde, u_next, eps, skip_type)
     _, sigma_t = utils.coeffs(sde, t)
     alpha_s, sigma_s = utils.coeffs(sde, s)
     h = _lambda(sde, s) - _lambda(sde, t)
     x0 = utils.data_prediction(score_fn, sde, x, t)
-    correction = jnp.where(index == 0, 0.0, h / (2.0 * h_prev)) * (x0 - x0_prev)
-    x = sigma_s / sigma_t * x - alpha_s * jnp.expm1(-h) * (x0 + correction)
-    return (x, x0, h), None
+    correction = jnp.where(i == 0, 0.0, h / (2.0 * h_prev)) * (x0 - x0_prev)
+    return sigma_s / sigma_t * x - alpha_s * jnp.expm1(-h) * (x0 + correction), x0, h
 
   x = sde.prior_sampling(rng, shape)
-  init = (x, jnp.zeros_like(x), jnp.ones((), x.dtype))
-  (x, _, _), _ = jax.lax.scan(step, init, (jnp.arange(num_steps), times[:-1], times[1:]))
+  x, _, _ = utils.fixed_steps(step, (x, jnp.zeros_like(x), jnp.ones((), x.dtype)), num_steps)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
-  return x, jnp.asarray(num_steps + denoise_nfe)
+  return x, num_steps + denoise_nfe
 
 
-def edm_sigmas(sigma_max: Array, sigma_min: Array, num_steps: int, rho: float = 7.0) -> Array:
-  """EDM eq. 5: (sigma_max^{1/rho} + i / n (sigma_min^{1/rho} - sigma_max^{1/rho}))^rho, i = 0..n."""
-  ramp = jnp.linspace(0.0, 1.0, num_steps + 1)
-  return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+def edm_sigma(sigma_max: Array, sigma_min: Array, u: Array, rho: float = 7.0) -> Array:
+  """EDM eq. 5 at u = i / n: (sigma_max^{1/rho} + u (sigma_min^{1/rho} - sigma_max^{1/rho}))^rho."""
+  return (sigma_max ** (1 / rho) + u * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
 def edm_heun(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 18, rho: float = 7.0,
@@ -155,25 +150,26 @@ def edm_heun(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_step
   inverse_lambda(-log sigma~). nfe = 2 num_steps: unlike EDM the last step is Heun too, since it
   ends at sigma~(eps) > 0; `denoise` is EDM's final Euler step to sigma~ = 0.
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
   sigma_max, sigma_min = jnp.exp(-sde.marginal_lambda(jnp.asarray([sde.T, eps], jnp.float32)))
-  sigmas = edm_sigmas(sigma_max, sigma_min, num_steps, rho)
-  times = sde.inverse_lambda(-jnp.log(sigmas)).at[0].set(sde.T).at[-1].set(eps)
+
+  def sigma_and_time(u):
+    sigma = edm_sigma(sigma_max, sigma_min, u, rho)
+    t = _time(sde, -jnp.log(sigma))
+    return sigma, jnp.where(u <= 0.0, sde.T, jnp.where(u >= 1.0, eps, t))
 
   def slope(y, t, sigma):
     alpha, _ = utils.coeffs(sde, t)
     return (y - utils.data_prediction(score_fn, sde, alpha * y, t)) / sigma
 
-  def step(y, inputs):
-    t, s, sigma_t, sigma_s = inputs
+  def step(i, y, u, u_next):
+    del i
+    (sigma_t, t), (sigma_s, s) = sigma_and_time(u), sigma_and_time(u_next)
     d_t = slope(y, t, sigma_t)
     y_euler = y + (sigma_s - sigma_t) * d_t
-    return y + (sigma_s - sigma_t) * 0.5 * (d_t + slope(y_euler, s, sigma_s)), None
+    return y + (sigma_s - sigma_t) * 0.5 * (d_t + slope(y_euler, s, sigma_s))
 
   alpha_T, _ = utils.coeffs(sde, jnp.asarray(sde.T))
-  y = sde.prior_sampling(rng, shape) / alpha_T
-  y, _ = jax.lax.scan(step, y, (times[:-1], times[1:], sigmas[:-1], sigmas[1:]))
+  y = utils.fixed_steps(step, sde.prior_sampling(rng, shape) / alpha_T, num_steps)
   alpha_eps, _ = utils.coeffs(sde, jnp.asarray(eps))
   x, denoise_nfe = utils.finish(score_fn, sde, alpha_eps * y, eps, denoise)
-  return x, jnp.asarray(2 * num_steps + denoise_nfe)
+  return x, 2 * num_steps + denoise_nfe

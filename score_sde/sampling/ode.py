@@ -55,7 +55,7 @@ def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, 
       raise ValueError("solver 'euler' has no error estimate for adaptive stepping; give num_steps")
     controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), (t1 - t0) / 100
   else:
-    controller, dt0, max_steps = diffrax.StepTo(jnp.linspace(t0, t1, num_steps + 1)), None, num_steps
+    controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
   sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), spec.solver(), t0=t0, t1=t1, dt0=dt0, y0=x,
                             stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
   nfe = spec.stages * sol.stats["num_steps"] + int(spec.fsal)
@@ -84,7 +84,10 @@ def decode(score_fn: ScoreFn, sde: sde_lib.SDE, z: Array, *, solver: str = "tsit
 def sample(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, solver: str = "tsit5", rtol: float = 1e-5,
            atol: float = 1e-5, num_steps: int | None = None, eps: float = 1e-3, denoise: bool = False,
            max_steps: int = 4096) -> tuple[Array, Array]:
-  """decode(prior sample): adaptive (PIDController) when num_steps is None, else num_steps fixed steps."""
+  """decode(prior sample): adaptive (PIDController) when num_steps is None, else num_steps fixed steps.
+
+  max_steps bounds the solver loop (adaptive or not); nfe comes from the steps diffrax took.
+  """
   z = sde.prior_sampling(rng, shape)
   x, nfe = _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)

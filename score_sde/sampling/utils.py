@@ -51,36 +51,52 @@ def _lambda(sde: sde_lib.SDE, t: float) -> Array:
   return sde.marginal_lambda(jnp.asarray([t], jnp.float32))[0]
 
 
-def _logsnr_grid(sde: sde_lib.SDE, num_steps: int, eps: float) -> Array:
-  lambdas = jnp.linspace(_lambda(sde, sde.T), _lambda(sde, eps), num_steps + 1)
-  return sde.inverse_lambda(lambdas)
+def _logsnr_time(sde: sde_lib.SDE, u: Array, eps: float) -> Array:
+  lam_T, lam_eps = _lambda(sde, sde.T), _lambda(sde, eps)
+  return sde.inverse_lambda(lam_T + u * (lam_eps - lam_T))
 
 
-def _time_uniform_grid(sde: sde_lib.SDE, num_steps: int, eps: float) -> Array:
-  return jnp.linspace(sde.T, eps, num_steps + 1)
+def _time_uniform_time(sde: sde_lib.SDE, u: Array, eps: float) -> Array:
+  return sde.T + u * (eps - sde.T)
 
 
-def _time_quadratic_grid(sde: sde_lib.SDE, num_steps: int, eps: float) -> Array:
-  return jnp.linspace(sde.T**0.5, eps**0.5, num_steps + 1) ** 2
+def _time_quadratic_time(sde: sde_lib.SDE, u: Array, eps: float) -> Array:
+  return (sde.T**0.5 + u * (eps**0.5 - sde.T**0.5)) ** 2
 
 
 SKIP_TYPES = {
-    "logSNR": _logsnr_grid,  # uniform in lambda = log(alpha / sigma) (DPM-Solver's default)
-    "time_uniform": _time_uniform_grid,
-    "time_quadratic": _time_quadratic_grid,
+    "logSNR": _logsnr_time,  # uniform in lambda = log(alpha / sigma) (DPM-Solver's default)
+    "time_uniform": _time_uniform_time,
+    "time_quadratic": _time_quadratic_time,
 }
 
 
-def time_grid(sde: sde_lib.SDE, num_steps: int, eps: float, skip_type: str = "time_uniform") -> Array:
-  """num_steps + 1 decreasing times from T to eps, spaced as `skip_type` says; endpoints exact."""
+def check_skip_type(skip_type: str) -> None:
   if skip_type not in SKIP_TYPES:
     raise ValueError(f"unknown skip_type {skip_type!r}; choose from {sorted(SKIP_TYPES)}")
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  if not 0.0 < eps < sde.T:
-    raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
-  times = SKIP_TYPES[skip_type](sde, num_steps, eps).astype(jnp.float32)
-  return times.at[0].set(sde.T).at[-1].set(eps)
+
+
+def grid_time(sde: sde_lib.SDE, u: Array, eps: float, skip_type: str = "time_uniform") -> Array:
+  """The time at fraction u in [0, 1] of a grid from T (u = 0) to eps (u = 1), spaced as `skip_type` says.
+
+  A function of u rather than an array, so the number of steps can be a traced value (one
+  compilation serves every step count). Endpoints are exact.
+  """
+  check_skip_type(skip_type)
+  u = jnp.asarray(u, jnp.float32)
+  t = SKIP_TYPES[skip_type](sde, u, eps).astype(jnp.float32)
+  return jnp.where(u <= 0.0, sde.T, jnp.where(u >= 1.0, eps, t))
+
+
+def time_grid(sde: sde_lib.SDE, num_steps: int, eps: float, skip_type: str = "time_uniform") -> Array:
+  """num_steps + 1 decreasing times from T to eps (grid_time at u = i / num_steps)."""
+  return grid_time(sde, jnp.linspace(0.0, 1.0, num_steps + 1), eps, skip_type)
+
+
+def fixed_steps(step: Callable, carry, num_steps):
+  """carry <- step(i, carry, u_i, u_{i+1}) for i < num_steps, u_i = i / num_steps; num_steps may be traced."""
+  num = jnp.asarray(num_steps, jnp.float32)
+  return jax.lax.fori_loop(0, num_steps, lambda i, c: step(i, c, i / num, (i + 1) / num), carry)
 
 
 def finish(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, eps: float, denoise: bool) -> tuple[Array, int]:
