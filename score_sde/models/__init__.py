@@ -1,4 +1,5 @@
 """Score networks, their registry and the network -> score-function conversion."""
+from score_sde.models import classifier  # noqa: F401  (registers "noise_classifier")
 from score_sde.models import ddpm, ncsnpp, ncsnv2  # noqa: F401  (register "ddpm", "ncsnpp", "ncsnv2_*")
 from score_sde.models import mlp  # noqa: F401  (registers "mlp")
 from score_sde.models import unet  # noqa: F401  (registers "unet")
