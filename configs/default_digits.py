@@ -35,7 +35,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = "unet"
-  model.nf = 32
+  model.nf = 16
   model.ch_mult = (1, 2)
   model.num_res_blocks = 1
   model.attn_resolutions = (4,)

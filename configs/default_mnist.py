@@ -9,12 +9,12 @@ def get_default_configs() -> ml_collections.ConfigDict:
   config.seed = 0
 
   training = config.training
-  training.batch_size = 64
-  training.n_iters = 4000
+  training.batch_size = 32
+  training.n_iters = 2000
   training.snapshot_freq = 1000
-  training.snapshot_freq_for_preemption = 250
+  training.snapshot_freq_for_preemption = 200
   training.log_freq = 50
-  training.eval_freq = 250
+  training.eval_freq = 500
   training.snapshot_num_samples = 36
 
   sampling = config.sampling
@@ -23,6 +23,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate = config.eval
   evaluate.batch_size = 250
   evaluate.enable_bpd = True
+  evaluate.rtol = 1e-4
+  evaluate.atol = 1e-4
 
   data = config.data
   data.dataset = "MNIST"
@@ -35,8 +37,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = "unet"
-  model.nf = 32
-  model.ch_mult = (1, 2)
+  model.nf = 16
+  model.ch_mult = (1, 2, 2)
   model.num_res_blocks = 1
   model.attn_resolutions = (7,)
   model.dropout = 0.0
@@ -44,6 +46,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.embedding_type = "positional"
 
   optim = config.optim
-  optim.lr = 1e-3
-  optim.warmup = 200
+  optim.lr = 2e-3
+  optim.warmup = 100
   return config

@@ -77,7 +77,7 @@ def parse_config_flags(argv: Sequence[str], flag_values: flags.FlagValues) -> li
   try:
     remaining = flag_values(argv)
   except (AttributeError, KeyError, flags.Error) as e:
-    sys.exit(f"config error: {_message(e)}  (in {' '.join(a for a in argv[1:] if a.startswith('--config'))})")
+    sys.exit(f"config error: {_message(e)}  (in {' '.join(a for a in argv[1:] if a.startswith('--config.'))})")
   try:
     validate(flag_values.config)
   except ConfigError as e:

@@ -1,0 +1,75 @@
+"""Orbax checkpoints of the train state: numbered snapshots plus a frequent preemption checkpoint.
+
+workdir/checkpoints/<step>       every snapshot_freq steps, all kept (for evaluation and sampling)
+workdir/checkpoints-meta/<step>  every snapshot_freq_for_preemption steps, only the latest few kept
+Each holds the state pytree and a JSON `meta` dict. Orbax writes to a temporary directory and
+renames it when complete, so a run killed mid-save leaves the previous checkpoints intact.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+SNAPSHOT_DIR = "checkpoints"
+PREEMPTION_DIR = "checkpoints-meta"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that exists but cannot be restored."""
+
+
+class Checkpointer:
+  """Saves and restores (state, meta); `restore_latest` picks the newest step of either kind."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, preemption_to_keep: int = 1):
+    root = pathlib.Path(workdir).resolve()
+    self._managers = {
+        SNAPSHOT_DIR: ocp.CheckpointManager(root / SNAPSHOT_DIR, options=ocp.CheckpointManagerOptions(create=True)),
+        PREEMPTION_DIR: ocp.CheckpointManager(
+            root / PREEMPTION_DIR, options=ocp.CheckpointManagerOptions(max_to_keep=preemption_to_keep, create=True)),
+    }
+
+  def save(self, step: int, state: Any, meta: dict, *, snapshot: bool) -> None:
+    """Writes `state` and `meta` at `step` as a numbered snapshot or as the preemption checkpoint."""
+    manager = self._managers[SNAPSHOT_DIR if snapshot else PREEMPTION_DIR]
+    if step in manager.all_steps():
+      return
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    steps = [m.latest_step() for m in self._managers.values()]
+    steps = [s for s in steps if s is not None]
+    return max(steps) if steps else None
+
+  def snapshot_steps(self) -> list[int]:
+    return list(self._managers[SNAPSHOT_DIR].all_steps())
+
+  def restore(self, step: int, template: Any, *, kind: str = SNAPSHOT_DIR) -> tuple[Any, dict]:
+    """(state, meta) saved at `step`; `template` gives the pytree structure, dtypes and shardings."""
+    manager = self._managers[kind]
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    path = pathlib.Path(manager.directory) / str(step)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                               meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises assorted errors for damaged or mismatched checkpoints
+      raise CheckpointError(
+          f"cannot restore the checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+          "it is left in place: move it aside to resume from an earlier one, or use a new workdir") from e
+    return restored["state"], dict(restored["meta"])
+
+  def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+    """The newest checkpoint of either kind, or None when the workdir has none."""
+    candidates = [(m.latest_step(), kind) for kind, m in self._managers.items() if m.latest_step() is not None]
+    if not candidates:
+      return None
+    step, kind = max(candidates)
+    return self.restore(step, template, kind=kind)
+
+  def close(self) -> None:
+    for manager in self._managers.values():
+      manager.close()
