@@ -22,15 +22,20 @@ from score_sde import testing
 EPS = 1e-5
 
 
-def _seconds(fn, repeats: int = 5) -> float:
-  """Shortest wall time of fn() over `repeats` calls after one compiling call (robust to a shared CPU)."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+def _seconds(fns: list, rounds: int) -> list[float]:
+  """Shortest wall time of each fn() over `rounds` round-robin passes, after one compiling call each.
+
+  Interleaving and taking the minimum keep the ratios meaningful on a CPU shared with other jobs.
+  """
+  for fn in fns:
     jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
+  best = [np.inf] * len(fns)
+  for _ in range(rounds):
+    for i, fn in enumerate(fns):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[i] = min(best[i], time.perf_counter() - start)
+  return best
 
 
 def _oracle(mixture, sde, x):
@@ -41,18 +46,21 @@ def tolerance_table(mixture, sde, score_fn, prior_logp, x):
   print("\n1. rtol = atol sweep: VP, 32-D mixture, batch", x.shape[0])
   print(f"{'rtol=atol':>10} {'NFE':>5} {'sec ratio':>9} {'max |err| (exact)':>18} {'mean err (exact)':>17}")
   truth = _oracle(mixture, sde, x)
+  tolerances = (1e-2, 1e-3, 1e-4, 1e-5)
+
+  def run(estimator, tol):
+    return likelihood.log_likelihood(jax.random.PRNGKey(1), score_fn, sde, x, estimator, rtol=tol, atol=tol,
+                                     eps=EPS, prior_logp=prior_logp)
+
+  seconds = _seconds([lambda tol=tol: run("rademacher", tol)[0] for tol in tolerances], rounds=7)
   rows = []
-  for tol in (1e-2, 1e-3, 1e-4, 1e-5):
-    def run(estimator, tol=tol):
-      return likelihood.log_likelihood(jax.random.PRNGKey(1), score_fn, sde, x, estimator, rtol=tol, atol=tol,
-                                       eps=EPS, prior_logp=prior_logp)
-    seconds = _seconds(lambda: run("rademacher")[0])
-    logp, nfe = run("exact")
+  for tol, sec in zip(tolerances, seconds):
+    logp, nfe = run("exact", tol)
     err = np.asarray(logp) - truth
-    rows.append((tol, int(nfe), seconds, np.abs(err).max(), err.mean()))
+    rows.append((tol, int(nfe), sec, np.abs(err).max(), err.mean()))
   reference = rows[-1][2]
-  for tol, nfe, seconds, max_err, mean_err in rows:
-    print(f"{tol:>10.0e} {nfe:>5d} {seconds / reference:>9.2f} {max_err:>18.2e} {mean_err:>17.2e}")
+  for tol, nfe, sec, max_err, mean_err in rows:
+    print(f"{tol:>10.0e} {nfe:>5d} {sec / reference:>9.2f} {max_err:>18.2e} {mean_err:>17.2e}")
 
 
 def estimator_table(mixture, sde, score_fn, prior_logp, points, num_repeats: int = 64):
@@ -60,21 +68,24 @@ def estimator_table(mixture, sde, score_fn, prior_logp, points, num_repeats: int
   print(f"{'estimator':>10} {'probes':>6} {'NFE':>5} {'bias +- s.e. (nats)':>22} {'std/sample':>10} {'sec ratio':>9}")
   truth = _oracle(mixture, sde, points)
   x = jnp.tile(points, (num_repeats, 1))
+  configs = (("rademacher", 1), ("gaussian", 1), ("rademacher", 4), ("exact", 1))
+
+  def run(estimator, probes):
+    return likelihood.log_likelihood(jax.random.PRNGKey(2), score_fn, sde, x, estimator, eps=EPS,
+                                     num_probes=probes, prior_logp=prior_logp)
+
+  seconds = _seconds([lambda config=config: run(*config)[0] for config in configs], rounds=3)
   rows = []
-  for estimator, probes in (("rademacher", 1), ("gaussian", 1), ("rademacher", 4), ("exact", 1)):
-    def run(estimator=estimator, probes=probes):
-      return likelihood.log_likelihood(jax.random.PRNGKey(2), score_fn, sde, x, estimator, eps=EPS,
-                                       num_probes=probes, prior_logp=prior_logp)
-    seconds = _seconds(lambda: run()[0], repeats=2)
-    logp, nfe = run()
+  for (estimator, probes), sec in zip(configs, seconds):
+    logp, nfe = run(estimator, probes)
     draws = np.asarray(logp).reshape(num_repeats, -1) - truth
     bias = draws.mean()
     std_err = draws.mean(axis=1).std(ddof=1) / np.sqrt(num_repeats)
-    rows.append((estimator, probes, int(nfe), bias, std_err, draws.std(axis=0, ddof=1).mean(), seconds))
+    rows.append((estimator, probes, int(nfe), bias, std_err, draws.std(axis=0, ddof=1).mean(), sec))
   reference = rows[0][-1]
-  for estimator, probes, nfe, bias, std_err, std, seconds in rows:
+  for estimator, probes, nfe, bias, std_err, std, sec in rows:
     print(f"{estimator:>10} {probes:>6d} {nfe:>5d} {bias:>+12.4f} +- {std_err:.4f} {std:>10.3f} "
-          f"{seconds / reference:>9.2f}")
+          f"{sec / reference:>9.2f}")
 
 
 def bounds_table(mixture, num: int = 2048):

@@ -207,7 +207,7 @@ ELBO_TIME_SAMPLERS = {"log_snr": _log_snr_times, "uniform": _uniform_times}
 @functools.partial(jax.jit, static_argnames=("score_fn", "sde", "num_t", "eps", "time_sampling"))
 def elbo(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, num_t: int = 64, eps: float = 1e-5,
          time_sampling: str = "log_snr") -> Array:
-  """Likelihood-weighted DSM lower bound, nats [B] (Song et al. 2021, arXiv 2101.09258, Thm 1/eq. 12).
+  """Likelihood-weighted DSM lower bound, nats [B] (Song et al. 2021, arXiv 2101.09258; Huang et al. 2021).
 
   With x_t = alpha_t x + sigma_t z and the reverse SDE started from the prior pi = N(0, prior_std^2),
     E_{x_eps ~ p_0eps(.|x)}[log p^SDE_eps(x_eps)] >= E[log pi(x_T)] + D log(alpha_T / alpha_eps)
@@ -230,8 +230,8 @@ def elbo(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, num_t: int =
   x_t = sde_lib.batch_broadcast(alpha, x_rep) * x_rep + sde_lib.batch_broadcast(sigma, x_rep) * z
   noise_residual = z + sde_lib.batch_broadcast(sigma, x_rep) * score_fn(x_t, t)
   # ||z + sigma s||^2 - ||z||^2 has the same mean as ||z + sigma s||^2 - c ||z||^2 - (1 - c) D for any
-  # c(t); c = (alpha^2 / (alpha^2 + sigma^2))^2, the optimum for unit-variance Gaussian data, halves
-  # the standard deviation on the mixture oracle.
+  # c(t). For unit-variance Gaussian data z + sigma s = rho z + (a term in x_0), rho = alpha^2 /
+  # (alpha^2 + sigma^2); c = rho^2 halves the standard deviation on the mixture oracle.
   snr_fraction = alpha**2 / (alpha**2 + sigma**2)
   control = snr_fraction**2
   residual = (_sum_except_batch(noise_residual**2 - sde_lib.batch_broadcast(control, z) * z**2)
@@ -252,8 +252,8 @@ def elbo(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, num_t: int =
 def _uniform_grid(sde: sde_lib.SDE, num_steps: int, eps: float) -> Array:
   """tau_k = k T / N (Ho et al.'s chain for VP up to O(1/N^2) in beta); eps is not used.
 
-  Its log-SNR steps near the data, log(k / (k - 1)) for VP, do not shrink with N, so the bound stays
-  loose by about D gamma_Euler / 2 nats for VP.
+  Its log-SNR steps near the data, log(k / (k - 1)) / 2 for VP, do not shrink with N, so the bound
+  tightens slowly (VP, 2-D oracle, N = 1000: 0.9 nats loose, against 0.09 on the "log_snr" grid).
   """
   del eps
   return jnp.arange(1, num_steps + 1, dtype=jnp.float32) * (sde.T / num_steps)
