@@ -39,6 +39,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   sampling.solver = "tsit5"  # probability-flow ODE solver (method "ode")
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
+  sampling.num_steps = 0  # 0: adaptive ODE steps / the SDE's N for PC; else a fixed step count
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 1

@@ -22,6 +22,8 @@ def sampling_options(config: ml_collections.ConfigDict) -> dict:
   s = config.sampling
   candidates = {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "predictor": s.predictor,
                 "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps_each, "denoise": s.noise_removal}
+  if s.num_steps > 0:
+    candidates["num_steps"] = s.num_steps
   accepted = sampling.options_of(s.method)
   return {name: value for name, value in candidates.items() if name in accepted}
 
