@@ -57,9 +57,18 @@ class DDPMChain:
     return len(self.betas)
 
   @property
+  def log_alphas_cumprod(self) -> np.ndarray:
+    """log abar_t for t = 0..N in float64 (abar_0 = 1: x_0 is the data itself)."""
+    return np.concatenate([[0.0], np.cumsum(np.log1p(-np.asarray(self.betas, np.float64)))])
+
+  @property
   def alphas_cumprod(self) -> np.ndarray:
-    """abar_t for t = 0..N (abar_0 = 1: x_0 is the data itself)."""
-    return np.concatenate([[1.0], np.cumprod(1.0 - np.asarray(self.betas, np.float64))])
+    return np.exp(self.log_alphas_cumprod)
+
+  @property
+  def one_minus_alphas_cumprod(self) -> np.ndarray:
+    """1 - abar_t computed as -expm1(log abar_t): exact even where abar_t rounds to 1 in float32."""
+    return -np.expm1(self.log_alphas_cumprod)
 
   def _at(self, table: np.ndarray, t: Array, dtype) -> Array:
     return jnp.asarray(table, dtype)[t]
@@ -73,13 +82,14 @@ class DDPMChain:
 
     Same contract as `SDE.marginal_coeffs`, so the mixture oracle accepts a chain in place of an SDE.
     """
-    abar = self._at(self.alphas_cumprod, t, dtype)
-    return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+    return (jnp.sqrt(self._at(self.alphas_cumprod, t, dtype)),
+            jnp.sqrt(self._at(self.one_minus_alphas_cumprod, t, dtype)))
 
   def snr(self, t: Array, dtype=jnp.float32) -> Array:
     """SNR(t) = abar_t / (1 - abar_t) (infinite at t = 0)."""
-    abar = self._at(self.alphas_cumprod, t, dtype)
-    return abar / (1.0 - abar)
+    with np.errstate(divide="ignore"):
+      table = self.alphas_cumprod / self.one_minus_alphas_cumprod
+    return self._at(table, t, dtype)
 
   def q_sample(self, rng: Array, x0: Array, t: Array) -> tuple[Array, Array]:
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps and the noise eps used."""
@@ -95,12 +105,13 @@ class DDPMChain:
     """
     dtype = x_t.dtype
     beta = self.beta(t, dtype)
-    abar = self._at(self.alphas_cumprod, t, dtype)
     abar_prev = self._at(self.alphas_cumprod, t - 1, dtype)
-    coeff_xt = jnp.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar)
-    coeff_x0 = jnp.sqrt(abar_prev) * beta / (1.0 - abar)
+    one_minus_abar = self._at(self.one_minus_alphas_cumprod, t, dtype)
+    one_minus_abar_prev = self._at(self.one_minus_alphas_cumprod, t - 1, dtype)
+    coeff_xt = jnp.sqrt(1.0 - beta) * one_minus_abar_prev / one_minus_abar
+    coeff_x0 = jnp.sqrt(abar_prev) * beta / one_minus_abar
     mean = sde_lib.batch_broadcast(coeff_xt, x_t) * x_t + sde_lib.batch_broadcast(coeff_x0, x0) * x0
-    return mean, beta * (1.0 - abar_prev) / (1.0 - abar)
+    return mean, beta * one_minus_abar_prev / one_minus_abar
 
   # Parametrizations: x0-prediction, noise prediction and score, exactly interconvertible.
   def eps_from_x0(self, x_t: Array, x0: Array, t: Array) -> Array:
