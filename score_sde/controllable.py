@@ -227,7 +227,7 @@ def pc_inverse(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, observati
     raise ValueError(f"unknown corrector {corrector!r}; choose from {sorted(pc.CORRECTORS)}")
   predict, correct = pc.PREDICTORS[predictor], pc.CORRECTORS[corrector]
   num_steps = sde.N if num_steps is None else num_steps
-  times = sampling_utils.time_grid(sde, num_steps, eps)
+  init_rng, steps_rng = jax.random.split(rng)
 
   def replace(rng: Array, x: Array, t: Array) -> Array:
     return impose(observation, x, _diffused_value(rng, sde, observation, t))
@@ -236,23 +236,19 @@ def pc_inverse(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, observati
     # The corrector moves the unknown part only, so its step size is set by the unknown part's score.
     return impose(observation, score_fn(x, t), jnp.zeros_like(observation.value))
 
-  def corrector_body(i, carry):
-    x, rng, s, alpha = carry
-    step_rng, known_rng = jax.random.split(jax.random.fold_in(rng, i))
-    x = correct.fn(step_rng, x, s, alpha, unknown_score_fn, sde, snr)
-    return replace(known_rng, x, s), rng, s, alpha
-
-  def step(x, inputs):
-    rng, t, s = inputs
-    predictor_rng, known_rng, corrector_rng = jax.random.split(rng, 3)
+  def step(i, x, u, u_next):
+    t, s = sampling_utils.grid_time(sde, u, eps), sampling_utils.grid_time(sde, u_next, eps)
+    predictor_rng, known_rng, corrector_rng = jax.random.split(jax.random.fold_in(steps_rng, i), 3)
     x = replace(known_rng, predict.fn(predictor_rng, x, t, s, score_fn, sde), s)
     alpha = (sampling_utils.coeffs(sde, t)[0] / sampling_utils.coeffs(sde, s)[0]) ** 2
-    x, *_ = jax.lax.fori_loop(0, n_steps, corrector_body, (x, corrector_rng, s, alpha))
-    return x, None
 
-  init_rng, steps_rng = jax.random.split(rng)
-  x = _initial_state(init_rng, sde, observation, shape)
-  x, _ = jax.lax.scan(step, x, (jax.random.split(steps_rng, num_steps), times[:-1], times[1:]))
+    def correct_once(j, x):
+      step_rng, known_rng = jax.random.split(jax.random.fold_in(corrector_rng, j))
+      return replace(known_rng, correct.fn(step_rng, x, s, alpha, unknown_score_fn, sde, snr), s)
+
+    return jax.lax.fori_loop(0, n_steps, correct_once, x)
+
+  x = sampling_utils.fixed_steps(step, _initial_state(init_rng, sde, observation, shape), num_steps)
   x, denoise_nfe = _finish(score_fn, sde, observation, x, eps, denoise)
   return x, jnp.asarray(num_steps * (predict.nfe + n_steps * correct.nfe) + denoise_nfe)
 
@@ -288,7 +284,7 @@ def ode_inverse(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, observat
       raise ValueError("solver 'euler' has no error estimate for adaptive stepping; give num_steps")
     controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), (t1 - t0) / 100
   else:
-    controller, dt0, max_steps = diffrax.StepTo(jnp.linspace(t0, t1, num_steps + 1)), None, num_steps
+    controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
   x_init = impose(observation, sde.prior_std * from_basis(noise, basis), known_path(jnp.asarray(t0)))
   sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), spec.solver(), t0=t0, t1=t1, dt0=dt0, y0=x_init,
                             stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)

@@ -1,4 +1,5 @@
 """Controllable generation against closed forms: guided mixtures, Gaussian inpainting and colorization."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,12 +110,24 @@ def _tiny_conditional_config(num_classes: int = 3):
   return config
 
 
+class LabelledMLP(nn.Module):
+  """A tiny class-conditional network with the NCSN++ label convention (index num_classes = null)."""
+
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, noise_labels, train=False, y=None):
+    del train
+    y = jnp.full(noise_labels.shape, self.num_classes) if y is None else y
+    h = nn.Dense(16)(x.reshape(x.shape[0], -1)) + nn.Embed(self.num_classes + 1, 16)(y)
+    h = h + nn.Dense(16)(noise_labels[:, None] / 1000.0)
+    return nn.Dense(x[0].size)(nn.silu(h)).reshape(x.shape)
+
+
 def test_classifier_free_model_score_is_one_doubled_batch_call():
   """The doubled-batch guided score equals (1 - w) s(x, null) + w s(x, y) from two separate calls."""
-  config = _tiny_conditional_config()
-  sde, model = sde_lib.VPSDE(), models.get_model(config)
+  sde, model = sde_lib.VPSDE(), LabelledMLP()
   params = models.init_params(jax.random.key(0), model, (8, 8, 1))
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), params)
   x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
   t, labels = jnp.full((4,), 0.5), jnp.array([0, 1, 2, 1])
   scales = (0.0, 1.0, 3.0)
@@ -298,7 +311,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def conditional_digits_model(digits):
-  """A class-conditional NCSN++ (nf 32) trained 3000 steps on all digits with 10% label dropout."""
+  """A class-conditional NCSN++ (nf 32) trained 2000 steps on all digits with 10% label dropout."""
   images, labels, _ = digits
   config = _tiny_conditional_config(num_classes=10)
   config.model.nf, config.model.ch_mult = 32, (1, 2)
@@ -310,28 +323,29 @@ def conditional_digits_model(digits):
     index = jax.random.randint(jax.random.fold_in(rng, 7), (128,), 0, len(images))
     return loss_fn(params, rng, {"image": jnp.asarray(images)[index], "label": jnp.asarray(labels)[index]})
 
-  return sde, model, _train(batch_loss, params, 3000, 2e-3, jax.random.key(1))
+  return sde, model, _train(batch_loss, params, 2000, 2e-3, jax.random.key(1))
 
 
-def _class_rate(judge, samples, k: int) -> float:
-  return float(np.mean(judge.predict(np.asarray(samples).reshape(len(samples), -1)) == k))
+LABELS = np.repeat(np.arange(10), 30)  # 30 samples of each class, in one batch
+
+
+def _class_rate(judge, samples) -> float:
+  """Fraction of samples that the judge assigns to the class they were drawn for."""
+  return float(np.mean(judge.predict(np.asarray(samples).reshape(len(samples), -1)) == LABELS))
 
 
 @pytest.mark.slow
 def test_classifier_free_guided_digits_are_judged_the_requested_class(digits, conditional_digits_model):
-  """Samples of each class, judged by logistic regression on real digits (94% accurate on held-in data):
-  mean rate above 0.8 at w = 1 and not lower at w = 3. The rates are printed."""
+  """Samples of each class, judged by logistic regression fitted to the real digits: rate above 0.8
+  at w = 1, not lower at w = 3, near chance at w = 0. The rates are printed."""
   _, _, judge = digits
   sde, model, params = conditional_digits_model
   rates = {}
   for w in (0.0, 1.0, 3.0):
-    per_class = []
-    for k in range(10):
-      labels = jnp.full((50,), k)
-      score_fn = controllable.classifier_free_model_score_fn(sde, model, params, labels, w)
-      x, _ = sampling.sample(jax.random.key(k), score_fn, sde, (50, 8, 8, 1), method="dpm_solver_pp", num_steps=20)
-      per_class.append(_class_rate(judge, x, k))
-    rates[w] = float(np.mean(per_class))
+    score_fn = controllable.classifier_free_model_score_fn(sde, model, params, LABELS, w)
+    x, _ = sampling.sample(jax.random.key(0), score_fn, sde, (len(LABELS), 8, 8, 1), method="dpm_solver_pp",
+                           num_steps=20)
+    rates[w] = _class_rate(judge, x)
   print("classifier-free guidance, fraction judged the requested class:", rates)
   assert rates[1.0] > 0.8
   assert rates[3.0] >= rates[1.0] - 0.03
@@ -354,16 +368,14 @@ def test_classifier_guided_digits_are_judged_the_requested_class(digits, conditi
     return jnp.mean(controllable.noisy_classifier_loss(rng, logits_fn, sde, jnp.asarray(images)[index],
                                                        jnp.asarray(labels)[index]))
 
-  clf_params = _train(batch_loss, clf_params, 1500, 2e-3, jax.random.key(3))
+  clf_params = _train(batch_loss, clf_params, 1000, 2e-3, jax.random.key(3))
   uncond = models.get_score_fn(sde, model, params)
   log_probs_fn = controllable.classifier_log_probs_fn(classifier, clf_params)
   rates = {}
   for scale in (1.0, 4.0):
-    per_class = []
-    for k in range(10):
-      score_fn = controllable.classifier_guided_score_fn(uncond, log_probs_fn, jnp.full((50,), k), scale)
-      x, _ = sampling.sample(jax.random.key(k), score_fn, sde, (50, 8, 8, 1), method="dpm_solver_pp", num_steps=20)
-      per_class.append(_class_rate(judge, x, k))
-    rates[scale] = float(np.mean(per_class))
+    score_fn = controllable.classifier_guided_score_fn(uncond, log_probs_fn, LABELS, scale)
+    x, _ = sampling.sample(jax.random.key(0), score_fn, sde, (len(LABELS), 8, 8, 1), method="dpm_solver_pp",
+                           num_steps=20)
+    rates[scale] = _class_rate(judge, x)
   print("classifier guidance, fraction judged the requested class:", rates)
   assert rates[4.0] > 0.6
