@@ -186,11 +186,9 @@ def _stratified_uniform(rng: Array, shape: tuple[int, int], dtype) -> Array:
 
 
 def _log_snr_times(rng: Array, sde: sde_lib.SDE, eps: float, shape: tuple[int, int], dtype):
-  """lambda ~ U[lambda_T, lambda_eps], t = t(lambda); weight 2 (lambda_eps - lambda_T)."""
-  lambda_eps, lambda_end = sde.marginal_lambda(jnp.asarray([eps, sde.T], dtype))
-  lmbda = lambda_end + (lambda_eps - lambda_end) * _stratified_uniform(rng, shape, dtype)
-  t = jnp.clip(sde.inverse_lambda(lmbda), eps, sde.T)
-  return t, jnp.full(shape, 2.0 * (lambda_eps - lambda_end), dtype)
+  """lambda ~ U[lambda_T, lambda_eps], t = t(lambda) (`SDE.likelihood_weighting_time`); weight Z."""
+  t, normaliser = sde.likelihood_weighting_time(_stratified_uniform(rng, shape, dtype), eps)
+  return t, jnp.full(shape, normaliser, dtype)
 
 
 def _uniform_times(rng: Array, sde: sde_lib.SDE, eps: float, shape: tuple[int, int], dtype):

@@ -11,7 +11,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from score_sde import models
@@ -28,34 +27,21 @@ def _reduce(x: Array, reduce_mean: bool) -> Array:
   return jnp.mean(flat, axis=-1) if reduce_mean else 0.5 * jnp.sum(flat, axis=-1)
 
 
-def sample_importance_time(rng: Array, sde: sde_lib.SDE, batch: int, eps: float, dtype=jnp.float32):
-  """t ~ p(t) ∝ g(t)^2 / sigma_t^2 on [eps, T], and the normaliser Z = int_eps^T g^2 / sigma^2 dt.
-
-  Likelihood weighting lambda(t) = g^2 makes the DSM integrand g^2 ||s + z/sigma||^2 =
-  (g^2/sigma^2) ||sigma s + z||^2, whose weight blows up like 1/t near t = 0 for VP. Sampling t from
-  p(t) leaves the bounded Z ||sigma s + z||^2 (Song et al. 2021, maximum-likelihood training). For
-  every linear SDE g^2 / sigma^2 = -2 d lambda / dt with lambda = log(alpha / sigma), so p(t) is the
-  image of a uniform lambda on [lambda_T, lambda_eps] and Z = 2 (lambda_eps - lambda_T).
-  """
-  lambda_eps, lambda_end = sde.marginal_lambda(jnp.asarray([eps, sde.T], dtype))
-  lmbda = jax.random.uniform(rng, (batch,), dtype, minval=lambda_end, maxval=lambda_eps)
-  return jnp.clip(sde.inverse_lambda(lmbda), eps, sde.T), 2.0 * (lambda_eps - lambda_end)
-
-
 def dsm_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, importance_weighting: bool = False, eps: float = 1e-5) -> Array:
   """Continuous-time DSM: E_t lambda(t) E ||s(x_t, t) - grad log p_0t(x_t | x_0)||^2, per example.
 
   grad log p_0t(x_t | x_0) = -z / sigma_t for x_t = alpha_t x_0 + sigma_t z. lambda(t) = sigma_t^2
   (noise prediction, ||sigma s + z||^2) by default; g(t)^2 with `likelihood_weighting`, then
-  optionally with t importance-sampled from p(t) ∝ g^2 / sigma^2.
+  optionally with t importance-sampled from p(t) ∝ g^2 / sigma^2, which leaves the bounded
+  Z ||sigma s + z||^2 in place of the g^2 / sigma^2 weight that blows up like 1/t near 0 for VP.
   """
   if importance_weighting and not likelihood_weighting:
     raise ValueError("importance_weighting is defined for likelihood_weighting=True only")
   t_rng, z_rng = jax.random.split(rng)
   batch = x.shape[0]
   if importance_weighting:
-    t, normaliser = sample_importance_time(t_rng, sde, batch, eps, x.dtype)
+    t, normaliser = sde.likelihood_weighting_time(jax.random.uniform(t_rng, (batch,), x.dtype), eps)
   else:
     t = jax.random.uniform(t_rng, (batch,), x.dtype, minval=eps, maxval=sde.T)
   z = jax.random.normal(z_rng, x.shape, x.dtype)

@@ -68,6 +68,18 @@ class SDE(abc.ABC):
     alpha, sigma = self.marginal_coeffs(t)
     return jnp.log(alpha) - jnp.log(sigma)
 
+  def likelihood_weighting_time(self, u: Array, eps: float) -> tuple[Array, Array]:
+    """Maps u in [0, 1] to t in [eps, T] with density ∝ g(t)^2 / sigma_t^2; returns (t, Z).
+
+    For every linear SDE g^2 / sigma^2 = -2 d lambda / dt, so t = t(lambda) with lambda linear in u
+    from lambda_T to lambda_eps has that density, with normaliser Z = int_eps^T g^2/sigma^2 dt =
+    2 (lambda_eps - lambda_T). Uniform u importance-samples the likelihood weighting g^2 (Song et al.
+    2021, maximum-likelihood training), leaving the bounded weight Z sigma_t^2 on ||s - grad log p_0t||^2.
+    """
+    lambda_eps, lambda_end = self.marginal_lambda(jnp.asarray([eps, self.T], u.dtype))
+    t = jnp.clip(self.inverse_lambda(lambda_end + (lambda_eps - lambda_end) * u), eps, self.T)
+    return t, 2.0 * (lambda_eps - lambda_end)
+
   def prior_sampling(self, rng: Array, shape, dtype=jnp.float32) -> Array:
     """A sample of the prior p_T = N(0, prior_std^2 I)."""
     return self.prior_std * jax.random.normal(rng, shape, dtype)

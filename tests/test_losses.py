@@ -1,7 +1,6 @@
 """DSM losses against the oracle's irreducible floor; the optimisation step."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -78,7 +77,7 @@ def _vp_proposal_cdf(sde, eps):
 def test_importance_normaliser_is_the_integral_of_the_proposal(name):
   sde = SDES[name]()
   eps = 1e-5
-  _, normaliser = losses.sample_importance_time(jax.random.PRNGKey(0), sde, 1, eps)
+  _, normaliser = sde.likelihood_weighting_time(jnp.zeros((1,)), eps)
   grid = np.geomspace(eps, 1.0, 200001)
   _, diffusion = sde.sde(jnp.zeros((len(grid), 1)), jnp.asarray(grid, jnp.float32))
   density = np.asarray(diffusion, np.float64) ** 2 / np.asarray(sde.marginal_coeffs(jnp.asarray(grid))[1],
@@ -91,7 +90,7 @@ def test_importance_normaliser_is_the_integral_of_the_proposal(name):
 
 def test_importance_times_follow_the_proposal_density():
   sde = sde_lib.VPSDE()
-  t, normaliser = losses.sample_importance_time(jax.random.PRNGKey(0), sde, 200000, 1e-5)
+  t, normaliser = sde.likelihood_weighting_time(jax.random.uniform(jax.random.PRNGKey(0), (200000,)), 1e-5)
   cdf = _vp_proposal_cdf(sde, 1e-5)
   assert bool(jnp.all((t >= 1e-5) & (t <= 1.0)))
   for threshold in (1e-4, 1e-3, 1e-2, 0.1, 0.5):
