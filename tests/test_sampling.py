@@ -7,7 +7,6 @@ from jax.experimental import io_callback
 
 from score_sde import sampling
 from score_sde import sde as sde_lib
-from score_sde import testing
 from score_sde.sampling import fast, pc, utils
 
 SDES = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE}

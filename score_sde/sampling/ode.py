@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import diffrax
 import jax
-import jax.numpy as jnp
 
 from score_sde import sde as sde_lib
 from score_sde.sampling import utils

@@ -40,8 +40,9 @@ def euler_maruyama(rng, x, t, s, score_fn: ScoreFn, sde: sde_lib.SDE) -> Array:
 def reverse_diffusion(rng, x, t, s, score_fn: ScoreFn, sde: sde_lib.SDE) -> Array:
   """x_s = x_t - (a - 1) x_t + b^2 s(x_t, t) + b z: the reversed forward kernel x_t = a x_s + b z.
 
-  On the DDPM grid this is the reference's x_{i-1} = (2 - sqrt(1 - beta_i)) x_i + beta_i s + sqrt(beta_i) z,
-  on the SMLD grid x_{i-1} = x_i + (sigma_i^2 - sigma_{i-1}^2) s + sqrt(sigma_i^2 - sigma_{i-1}^2) z.
+  For VE on the SMLD grid this is the reference's x_{i-1} = x_i + (sigma_i^2 - sigma_{i-1}^2) s
+  + sqrt(sigma_i^2 - sigma_{i-1}^2) z; for VP it is x_{i-1} = (2 - sqrt(1 - beta_i)) x_i + beta_i s
+  + sqrt(beta_i) z with 1 - beta_i = (alpha_{t_{i-1}} / alpha_{t_i})^2 (equal to the DDPM chain's up to O(1/N^2)).
   """
   a, b = utils.transition_coeffs(sde, t, s)
   score = score_fn(x, utils.batch_times(t, x))
