@@ -77,6 +77,21 @@ def test_fir_preserves_constants_away_from_borders():
   np.testing.assert_allclose(up_or_down_sampling.downsample_2d(x, (1, 3, 3, 1))[0, 1:-1, 1:-1], 3.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("sampler,fir_op", [(layers.Upsample, up_or_down_sampling.upsample_2d),
+                                            (layers.Downsample, up_or_down_sampling.downsample_2d)])
+def test_fused_fir_conv_with_a_1x1_kernel_is_fir_then_conv(sampler, fir_op):
+  """For conv_size 1 the fused (transposed / strided) conv + FIR equals the FIR resampling, then the 1x1 conv."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 6, 3)), jnp.float32)
+  module = sampler(out_ch=4, with_conv=True, fir=True, fir_kernel=(1, 3, 3, 1), conv_size=1)
+  params = numpy_params(jax.eval_shape(module.init, jax.random.key(0), x)["params"])
+  bias = jnp.arange(4.0)
+  params = jax.tree_util.tree_map_with_path(lambda path, leaf: bias if path[-1].key == "bias" else leaf, params)
+  expected = fir_op(x, (1, 3, 3, 1)) @ params["Conv_0"]["kernel"][0, 0] + bias
+  np.testing.assert_allclose(module.apply({"params": params}, x), expected, atol=1e-5)
+  wide = sampler(out_ch=4, with_conv=True, fir=True, conv_size=3)
+  assert jax.eval_shape(wide.init, jax.random.key(0), x)["params"]["Conv_0"]["kernel"].shape == (3, 3, 3, 4)
+
+
 # ----------------------------------------------------------------------------- parameter counts
 
 # Counted with jax.eval_shape of init. DDPM's is the published 35.7M (Ho et al. 2020).

@@ -107,28 +107,11 @@ class AttnBlock(nn.Module):
 
 
 class Upsample(nn.Module):
-  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.) with an optional conv after it."""
+  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.): FIR alone, or fused with a conv.
 
-  out_ch: int | None = None
-  with_conv: bool = False
-  fir: bool = False
-  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
-  conv_size: int = 3
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    if self.fir:
-      h = up_or_down_sampling.upsample_2d(x, self.fir_kernel, factor=2)
-    else:
-      h = up_or_down_sampling.naive_upsample_2d(x, factor=2)
-    if self.with_conv:
-      h = conv(self.out_ch or x.shape[-1], self.conv_size, dtype=self.dtype)(h)
-    return h
-
-
-class Downsample(nn.Module):
-  """/2 downsampling: strided conv or 2x2 mean, or FIR low-pass with an optional conv after it."""
+  The fused FIR conv is StyleGAN2's upsample_conv_2d: a stride-2 transposed conv (VALID), then the
+  FIR low-pass (gain 4) trimmed back to 2H x 2W.
+  """
 
   out_ch: int | None = None
   with_conv: bool = False
@@ -140,12 +123,45 @@ class Downsample(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     out_ch = self.out_ch or x.shape[-1]
-    if self.fir:
-      h = up_or_down_sampling.downsample_2d(x, self.fir_kernel, factor=2)
+    if not self.fir:
+      h = up_or_down_sampling.naive_upsample_2d(x, factor=2)
       return conv(out_ch, self.conv_size, dtype=self.dtype)(h) if self.with_conv else h
-    if self.with_conv:
-      return conv(out_ch, self.conv_size, stride=2, dtype=self.dtype)(x)
-    return up_or_down_sampling.naive_downsample_2d(x, factor=2)
+    if not self.with_conv:
+      return up_or_down_sampling.upsample_2d(x, self.fir_kernel, factor=2)
+    edge = self.conv_size - 1
+    h = nn.Conv(out_ch, (self.conv_size, self.conv_size), padding=((edge, edge), (edge, edge)), input_dilation=(2, 2),
+                use_bias=False, kernel_init=default_init(), dtype=self.dtype, param_dtype=jnp.float32)(x)
+    k = up_or_down_sampling.setup_kernel(self.fir_kernel) * 4
+    h = up_or_down_sampling.upfirdn2d(h, k, pad=up_or_down_sampling.fir_upsample_padding(k.shape[0], self.conv_size))
+    return h + self.param("bias", nn.initializers.zeros, (out_ch,)).astype(self.dtype)  # after the filter
+
+
+class Downsample(nn.Module):
+  """/2 downsampling: strided conv or 2x2 mean, or FIR (Karras et al.): FIR alone, or fused with a conv.
+
+  The fused FIR conv is StyleGAN2's conv_downsample_2d: the FIR low-pass, then a stride-2 VALID conv.
+  """
+
+  out_ch: int | None = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+  conv_size: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    if not self.fir:
+      if self.with_conv:
+        return conv(out_ch, self.conv_size, stride=2, dtype=self.dtype)(x)
+      return up_or_down_sampling.naive_downsample_2d(x, factor=2)
+    if not self.with_conv:
+      return up_or_down_sampling.downsample_2d(x, self.fir_kernel, factor=2)
+    k = up_or_down_sampling.setup_kernel(self.fir_kernel)
+    h = up_or_down_sampling.upfirdn2d(x, k, pad=up_or_down_sampling.fir_downsample_padding(k.shape[0], self.conv_size))
+    return nn.Conv(out_ch, (self.conv_size, self.conv_size), strides=(2, 2), padding="VALID",
+                   kernel_init=default_init(), dtype=self.dtype, param_dtype=jnp.float32)(h)
 
 
 class ResnetBlockDDPM(nn.Module):

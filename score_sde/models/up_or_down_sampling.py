@@ -56,6 +56,18 @@ def downsample_2d(x: Array, kernel: Sequence[float], factor: int = 2, gain: floa
   return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
 
 
+def fir_upsample_padding(kernel_size: int, conv_size: int, factor: int = 2) -> tuple[int, int]:
+  """Pads of the FIR filter that follows a stride-`factor` transposed conv (StyleGAN2's upsample_conv_2d)."""
+  p = (kernel_size - factor) - (conv_size - 1)
+  return (p + 1) // 2 + factor - 1, p // 2 + 1
+
+
+def fir_downsample_padding(kernel_size: int, conv_size: int, factor: int = 2) -> tuple[int, int]:
+  """Pads of the FIR filter that precedes a stride-`factor` VALID conv (StyleGAN2's conv_downsample_2d)."""
+  p = (kernel_size - factor) + (conv_size - 1)
+  return (p + 1) // 2, p // 2
+
+
 def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
   """Nearest-neighbour upsampling by an integer factor."""
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
