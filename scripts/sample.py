@@ -41,7 +41,7 @@ flags.DEFINE_string("out", None, "output directory (default: <workdir>/samples_c
 flags.DEFINE_integer("class_label", None, "class to sample")
 flags.DEFINE_float("guidance_scale", 1.0, "guidance scale w")
 flags.DEFINE_string("classifier_workdir", None, "workdir of scripts/train_classifier.py (classifier guidance)")
-flags.DEFINE_enum("inpaint", None, ["right_half", "bottom_half", "center"], "inpainting mask")
+flags.DEFINE_enum("inpaint", None, ["right_half", "bottom_half", "center"], "region of the test images to inpaint")
 flags.DEFINE_bool("colorize", False, "colorize gray test images")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
@@ -60,7 +60,8 @@ def _center(h: int, w: int) -> np.ndarray:
   return ~((rows[:, None] < h / 4) & (cols[None, :] < w / 4))
 
 
-MASKS = {"right_half": _right_half, "bottom_half": _bottom_half, "center": _center}  # 1 where known
+# --inpaint region -> mask [H, W], 1 where the pixel is known (outside the region).
+MASKS = {"right_half": _right_half, "bottom_half": _bottom_half, "center": _center}
 
 
 def restore(workdir: str, step: int | None):
@@ -105,9 +106,8 @@ def class_score_fn(config, sde, model, params, labels):
                                                      continuous=continuous)
 
 
-def observations(config, num: int) -> tuple[np.ndarray, controllable.Observation]:
-  """Test images in model space and the condition (--inpaint mask or --colorize) observing them."""
-  batch = next(datasets.get_dataset(config, "test", batch_size=num))
+def observations(config, batch: dict) -> tuple[np.ndarray, controllable.Observation]:
+  """A batch of test images in model space and the condition (--inpaint mask or --colorize) observing them."""
   images = jnp.asarray(datasets.get_data_scaler(config)(batch["image"]))
   if FLAGS.colorize:
     if images.shape[-1] != 3:
@@ -141,11 +141,12 @@ def main(argv):
   else:
     score_fn = models.get_score_fn(sde, model, params, continuous=config.training.continuous)
   rng = jax.random.key(FLAGS.seed)
+  test_batches = datasets.get_dataset(config, "test", batch_size=batch) if inverse else None
   samples, originals, observed, total_nfe = [], [], [], 0
   for k in tqdm.trange(-(-FLAGS.num // batch), desc=f"sampling ({method})", unit="batch"):
     key = jax.random.fold_in(rng, k)
     if inverse:
-      images, condition = observations(config, batch)
+      images, condition = observations(config, next(test_batches))
       options = sampler_options(config, method, controllable.inverse_options_of(method))
       x, nfe = controllable.sample_conditional(key, score_fn, sde, shape, condition, method=method, **options)
       originals.append(np.asarray(inverse_scaler(images)))

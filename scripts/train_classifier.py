@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 
 def classifier_config(config):
   """The config with model.name = noise_classifier and 10 classes unless model.num_classes is set."""
-  config = config.unlocked()
+  config = config.copy_and_resolve_references()
   config.model.name = "noise_classifier"
   config.model.num_classes = config.model.num_classes or 10
   return config

@@ -217,7 +217,7 @@ def test_final_denoising_acts_on_the_unknown_part_from_the_clean_observation(met
   score_fn = gaussian_score_fn(mean, cov, sde)
   condition = controllable.inpainting(jnp.tile(jnp.asarray([0.5, 0.0, -0.3, 0.0]), (num, 1)),
                                       jnp.array([1.0, 0.0, 1.0, 0.0]))
-  options = dict(num_steps=20, eps=0.05)
+  options = {"num_steps": 20, "eps": 0.05}
   raw, _ = controllable.sample_conditional(jax.random.key(0), score_fn, sde, (num, 4), condition, method,
                                            denoise=False, **options)
   denoised, _ = controllable.sample_conditional(jax.random.key(0), score_fn, sde, (num, 4), condition, method,
