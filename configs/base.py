@@ -51,6 +51,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_examples = 0  # 0: the whole split
+  evaluate.use_ema = True  # sample and evaluate the EMA parameters (else the raw ones)
   evaluate.rtol = 1e-5  # likelihood ODE tolerances
   evaluate.atol = 1e-5
 

@@ -42,7 +42,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   model.num_res_blocks = 1
   model.attn_resolutions = (7,)
   model.dropout = 0.0
-  model.ema_rate = 0.999
+  model.ema_rate = 0.99  # an averaging window of ~100 steps suits runs of a few thousand steps
   model.embedding_type = "positional"
 
   optim = config.optim

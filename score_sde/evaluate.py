@@ -70,13 +70,14 @@ def bits_per_dim_over_split(rng: Array, config: ml_collections.ConfigDict, sde: 
   """
   logp_fn = get_logp_fn(config, sde, model)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
+  batch_size = config.eval.batch_size
   results, total_nfe, seen = [], 0, 0
-  for k, batch in enumerate(datasets.get_dataset(config, split, batch_size=config.eval.batch_size, repeat=False)):
-    x = batch["image"]
-    if num_examples:
-      x = x[:num_examples - seen]
-    logp, nfe = logp_fn(jax.random.fold_in(rng, k), params, jnp.asarray(x))
-    results.append(np.asarray(likelihood.bits_per_dim(logp, x.shape[1:], inverse_scaler=inverse_scaler)))
+  for k, batch in enumerate(datasets.get_dataset(config, split, batch_size=batch_size, repeat=False)):
+    x = batch["image"][:num_examples - seen] if num_examples else batch["image"]
+    padded = np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), axis=0)])  # one compiled shape
+    logp, nfe = logp_fn(jax.random.fold_in(rng, k), params, jnp.asarray(padded))
+    bpd = likelihood.bits_per_dim(logp, x.shape[1:], inverse_scaler=inverse_scaler)
+    results.append(np.asarray(bpd)[:len(x)])
     total_nfe, seen = total_nfe + int(nfe), seen + len(x)
     if num_examples and seen >= num_examples:
       break

@@ -146,6 +146,11 @@ def _check_finite(losses_since_sync: list[tuple[int, Array]], workdir: pathlib.P
   return values
 
 
+def evaluation_params(config: ml_collections.ConfigDict, state: TrainState):
+  """The parameters that sampling and bits/dim use: EMA unless config.eval.use_ema is False."""
+  return state.ema_params if config.eval.use_ema else state.params
+
+
 def save_samples(config: ml_collections.ConfigDict, samples: np.ndarray, path: pathlib.Path) -> None:
   """A PNG grid of image samples, or a scatter plot of 2-D samples over held-out data."""
   if datasets.is_toy(config):
@@ -231,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def _snapshot_samples(config, sample_fn, state: TrainState, key: Array, step: int, workdir: pathlib.Path,
                       writer: MetricWriter) -> None:
-  samples, nfe = sample_fn(jax.random.fold_in(key, step), state.ema_params)
+  samples, nfe = sample_fn(jax.random.fold_in(key, step), evaluation_params(config, state))
   samples = np.asarray(samples)
   path = workdir / "samples" / f"step_{step}.png"
   save_samples(config, samples, path)
@@ -248,7 +253,8 @@ def _final_bits_per_dim(config, setup: Setup, state: TrainState, writer: MetricW
   split = config.eval.bpd_dataset
   start = time.perf_counter()
   bpd, nfe = evaluate.bits_per_dim_over_split(setup.keys.likelihood, config, setup.sde,
-                                               setup.model, state.ema_params, split, config.eval.bpd_num_examples)
+                                               setup.model, evaluation_params(config, state), split,
+                                               config.eval.bpd_num_examples)
   seconds = time.perf_counter() - start
   sem = float(np.std(bpd) / np.sqrt(len(bpd)))
   writer.write(int(state.step), **{f"{split}_bpd": float(np.mean(bpd)), f"{split}_bpd_sem": sem,

@@ -42,14 +42,15 @@ def main(argv):
   setup = train.build(config)
   sample_fn = evaluate.get_sample_fn(config, setup.sde, setup.model, FLAGS.num_samples)
   tic = time.perf_counter()
-  samples, nfe = sample_fn(setup.keys.sample, state.ema_params)
+  samples, nfe = sample_fn(setup.keys.sample, train.evaluation_params(config, state))
   evaluate.save_image_grid(workdir / "samples.png", np.asarray(samples))
   print(f"sampled {FLAGS.num_samples} digits with the probability-flow ODE ({config.sampling.solver}, "
         f"{int(nfe)} score evaluations, {time.perf_counter() - tic:.0f} s) -> {workdir / 'samples.png'}")
 
   tic = time.perf_counter()
-  bpd, bpd_nfe = evaluate.bits_per_dim_over_split(setup.keys.likelihood, config, setup.sde, setup.model,
-                                                  state.ema_params, "test", config.eval.bpd_num_examples)
+  params = train.evaluation_params(config, state)
+  bpd, bpd_nfe = evaluate.bits_per_dim_over_split(setup.keys.likelihood, config, setup.sde, setup.model, params,
+                                                  "test", config.eval.bpd_num_examples)
   print(f"test bits/dim: {bpd.mean():.3f} +- {bpd.std() / np.sqrt(len(bpd)):.3f} over {len(bpd)} held-out digits "
         f"(uniform dequantization, probability-flow ODE, {bpd_nfe} score evaluations, "
         f"{time.perf_counter() - tic:.0f} s)")

@@ -20,7 +20,8 @@ LEAVES = sorted(str(p.relative_to(ROOT)) for family in ("toy", "digits", "mnist"
 def test_leaf_config_builds_its_sde_and_network(leaf):
   config = configs_util.load_config(ROOT / leaf)
   assert config.is_locked
-  expected_sde = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE}[pathlib.Path(leaf).stem.split("_")[0]]
+  sde_name = pathlib.Path(leaf).stem.split("_")[0]
+  expected_sde = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE}[sde_name]
   assert type(sde_lib.get_sde(config)) is expected_sde  # pylint: disable=unidiomatic-typecheck
   model = models.get_model(config)
   shape = (2,) + datasets.data_shape(config)
@@ -59,9 +60,9 @@ def test_new_fields_cannot_be_added_after_loading():
 
 def test_train_script_fails_fast_on_a_typo(tmp_path):
   start = time.perf_counter()
-  result = subprocess.run([sys.executable, str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/toy/vp_mlp.py"),
-                           "--workdir", str(tmp_path / "run"), "--config.training.continuouse=False"],
-                          capture_output=True, text=True, timeout=120, check=False)
+  command = [sys.executable, str(ROOT / "scripts/train.py"), "--config", str(ROOT / "configs/toy/vp_mlp.py"),
+             "--workdir", str(tmp_path / "run"), "--config.training.continuouse=False"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
   assert "unknown config field 'continuouse'" in result.stderr
   assert "Traceback" not in result.stderr

@@ -63,7 +63,8 @@ def test_toy_test_split_is_a_fixed_held_out_set():
   config.data.num_heldout = 100
   batches = list(datasets.get_dataset(config, "test", batch_size=40, repeat=False))
   assert [len(b["image"]) for b in batches] == [40, 40, 20]
-  np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]), datasets.get_source(config, "test").images)
+  points = np.concatenate([b["image"] for b in batches])
+  np.testing.assert_array_equal(points, datasets.get_source(config, "test").images)
 
 
 def test_digits_splits_are_disjoint_and_cover_the_dataset():
