@@ -5,8 +5,8 @@
 
 runs the 4 runs one after the other (each `scripts/train.py` in its own process, resuming if its
 workdir holds a checkpoint) in runs/sweep/<name>, then writes runs/sweep/results.csv and
-results.md. `--mode=print` prints the commands instead, one per line (prefixed by `--launcher`,
-e.g. "sbatch --wrap" or "srun"), for a cluster scheduler; `--mode=collect` only builds the tables
+results.md. `--mode=print` prints the commands instead, one per line, for a cluster scheduler (each put into
+`--launcher`, e.g. 'srun {command}' or 'sbatch --gres=gpu:8 --wrap="{command}"'); `--mode=collect` only builds the tables
 once they are done. Every run's config is loaded and validated before the first one starts.
 
 A run's metrics are the last value of every scalar in its metrics.jsonl (loss, eval_loss,
@@ -36,7 +36,7 @@ flags.DEFINE_string("workdir", None, "sweep directory: one sub-directory per run
 flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: values of config.FIELD to sweep (a product over --grid)")
 flags.DEFINE_multi_string("set", [], "FIELD=VALUE: an override shared by every run")
 flags.DEFINE_enum("mode", "run", ["run", "print", "collect"], "run sequentially, print the commands, or only collect")
-flags.DEFINE_string("launcher", "", "print mode: prefix of every command (e.g. 'srun' or 'sbatch --wrap')")
+flags.DEFINE_string("launcher", "{command}", "print mode: template of every line, e.g. 'srun {command}'")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -134,8 +134,10 @@ def main(argv):
     sys.exit(f"sweep error: {e}")
   commands = [train_command(FLAGS.config, sweep_dir / run_name(run), args) for run, args in zip(runs, run_overrides)]
   if FLAGS.mode == "print":
+    if "{command}" not in FLAGS.launcher:
+      sys.exit(f"sweep error: --launcher={FLAGS.launcher!r} must contain {{command}}")
     for command in commands:
-      print(" ".join(filter(None, [FLAGS.launcher, shlex.join(command)])))
+      print(FLAGS.launcher.replace("{command}", shlex.join(command)))
     return
   if FLAGS.mode == "run":
     for k, command in enumerate(commands):

@@ -35,11 +35,12 @@ def test_grid_is_the_product_with_the_last_axis_fastest():
 
 
 def test_print_mode_prints_one_train_command_per_run(tmp_path):
-  out = _sweep(tmp_path, "--mode=print", "--launcher=srun", "--grid=training.sde=vpsde,vesde",
+  out = _sweep(tmp_path, "--mode=print", "--launcher=sbatch --wrap=\"{command}\"", "--grid=training.sde=vpsde,vesde",
                "--set=training.n_iters=7").stdout.splitlines()
-  assert len(out) == 2 and all(line.startswith("srun ") and "scripts/train.py" in line for line in out)
+  assert len(out) == 2 and all(line.startswith('sbatch --wrap="') and "scripts/train.py" in line for line in out)
   assert f"--workdir={tmp_path}/sde=vesde" in out[1] and out[1].endswith("--config.training.n_iters=7 "
-                                                                          "--config.training.sde=vesde")
+                                                                          '--config.training.sde=vesde"')
+  assert _sweep(tmp_path, "--mode=print", "--launcher=srun", check=False).returncode != 0
   assert not list(tmp_path.iterdir())  # printing runs nothing
 
 
