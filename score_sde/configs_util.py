@@ -23,18 +23,21 @@ class ConfigError(ValueError):
 
 def _choices() -> dict[str, Callable[[], Sequence[str]]]:
   """Dotted field -> allowed values (computed lazily from the registries)."""
-  from score_sde import datasets, models  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from score_sde import datasets, losses, models, sampling
+  from score_sde import sde as sde_lib
+  from score_sde.sampling import ode, pc
   return {
-      "training.sde": lambda: ("vpsde", "subvpsde", "vesde"),
+      "training.sde": lambda: tuple(sde_lib.SDE_BUILDERS),
       "data.dataset": datasets.available_datasets,
       "model.name": models.available_models,
       "model.embedding_type": lambda: ("positional", "fourier"),
-      "sampling.method": lambda: ("pc", "ode", "sde", "ddim", "dpm_solver", "edm_heun"),
-      "sampling.predictor": lambda: ("euler_maruyama", "reverse_diffusion", "ancestral", "none"),
-      "sampling.corrector": lambda: ("langevin", "ald", "none"),
-      "sampling.solver": lambda: ("tsit5", "dopri5", "heun", "euler"),
+      "sampling.method": lambda: tuple(sampling.SAMPLERS),
+      "sampling.predictor": lambda: tuple(pc.PREDICTORS),
+      "sampling.corrector": lambda: tuple(pc.CORRECTORS),
+      "sampling.solver": lambda: tuple(ode.SOLVERS),
       "eval.bpd_dataset": lambda: ("train", "test"),
-      "optim.optimizer": lambda: ("Adam", "AdamW"),
+      "optim.optimizer": lambda: tuple(losses.OPTIMIZERS),
   }
 
 

@@ -142,7 +142,7 @@ def get_loss_fn(sde: sde_lib.SDE, model: nn.Module, *, train: bool, reduce_mean:
   return loss_fn
 
 
-_OPTIMIZERS = {
+OPTIMIZERS = {
     "Adam": lambda lr, optim: optax.adam(lr, b1=optim.beta1, eps=optim.eps),
     "AdamW": lambda lr, optim: optax.adamw(lr, b1=optim.beta1, eps=optim.eps, weight_decay=optim.weight_decay),
 }
@@ -151,11 +151,11 @@ _OPTIMIZERS = {
 def get_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam(W) with a linear learning-rate warmup over optim.warmup steps and global-norm clipping."""
   optim = config.optim
-  if optim.optimizer not in _OPTIMIZERS:
-    raise ValueError(f"unknown optim.optimizer {optim.optimizer!r}; choose from {sorted(_OPTIMIZERS)}")
+  if optim.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown optim.optimizer {optim.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
   lr = optax.linear_schedule(0.0, optim.lr, optim.warmup) if optim.warmup > 0 else optim.lr
   transforms = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
-  return optax.chain(*transforms, _OPTIMIZERS[optim.optimizer](lr, optim))
+  return optax.chain(*transforms, OPTIMIZERS[optim.optimizer](lr, optim))
 
 
 def get_step_fn(sde: sde_lib.SDE, model: nn.Module, optimizer: optax.GradientTransformation, *, train: bool,

@@ -253,15 +253,17 @@ class VESDE(SDE):
     return jnp.zeros_like(x), jnp.sqrt(sigma**2 - previous**2)
 
 
+# config.training.sde -> builder from config.model's noise schedule.
+SDE_BUILDERS = {
+    "vpsde": lambda m: VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
+    "subvpsde": lambda m: subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
+    "vesde": lambda m: VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales),
+}
+
+
 def get_sde(config) -> SDE:
   """The SDE named by `config.training.sde`, with the noise schedule of `config.model`."""
   name = config.training.sde.lower()
-  m = config.model
-  builders = {
-      "vpsde": lambda: VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
-      "subvpsde": lambda: subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
-      "vesde": lambda: VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales),
-  }
-  if name not in builders:
-    raise ValueError(f"unknown training.sde {config.training.sde!r}; choose from {sorted(builders)}")
-  return builders[name]()
+  if name not in SDE_BUILDERS:
+    raise ValueError(f"unknown training.sde {config.training.sde!r}; choose from {sorted(SDE_BUILDERS)}")
+  return SDE_BUILDERS[name](config.model)

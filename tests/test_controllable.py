@@ -379,3 +379,17 @@ def test_classifier_guided_digits_are_judged_the_requested_class(digits, conditi
     rates[scale] = _class_rate(judge, x)
   print("classifier guidance, fraction judged the requested class:", rates)
   assert rates[4.0] > 0.6
+
+
+def test_sampling_sample_routes_a_condition_to_sample_conditional(mixture2d):
+  sde = sde_lib.VESDE()
+  score_fn = mixture2d.score_fn(sde)
+  observed = jnp.tile(jnp.array([[1.5, 0.0]]), (8, 1))
+  condition = controllable.inpainting(observed, jnp.array([1.0, 0.0]))
+  rng = jax.random.PRNGKey(0)
+  routed, routed_nfe = sampling.sample(rng, score_fn, sde, (8, 2), method="pc", condition=condition, num_steps=5)
+  direct, direct_nfe = controllable.sample_conditional(rng, score_fn, sde, (8, 2), condition, method="pc",
+                                                       num_steps=5)
+  np.testing.assert_array_equal(routed, direct)
+  assert int(routed_nfe) == int(direct_nfe)
+  np.testing.assert_allclose(routed[:, 0], 1.5, atol=1e-5)  # the known coordinate is kept

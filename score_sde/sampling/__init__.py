@@ -52,14 +52,20 @@ def _run(rng: Array, num_steps: dict, *, score_fn, sde, shape, method, options) 
   return SAMPLERS[method](rng, score_fn, sde, shape, **num_steps, **dict(options))
 
 
-def sample(rng: Array, score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, shape, method: str = "pc",
-           **options) -> tuple[Array, Array]:
+def sample(rng: Array, score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, shape, method: str = "pc", *,
+           condition=None, **options) -> tuple[Array, Array]:
   """Samples of shape `shape` from the model whose score is `score_fn`, and the score evaluations used.
+
+  `condition` (a `controllable.Observation` for inpainting / colorization, or a
+  `controllable.Guidance`) routes to `controllable.sample_conditional`.
 
   Options are checked against the method's signature. num_steps is a traced argument, so one
   compilation per (score_fn, sde, shape, method, other options) serves every step count
   (score_fn and sde are compared by identity).
   """
+  if condition is not None:
+    from score_sde import controllable  # pylint: disable=import-outside-toplevel  (it imports this package)
+    return controllable.sample_conditional(rng, score_fn, sde, shape, condition, method=method, **options)
   valid = options_of(method)
   unknown = sorted(set(options) - set(valid))
   if unknown:
