@@ -3,14 +3,16 @@
 `get_dataset(config, split)` yields global batches `{"image": float32 [B, ...], "label": int32 [B]}`.
 Images lie in [0, 1] (`x / 255`, or `(x + u) / 256` with uniform dequantization, u ~ U[0, 1)) and
 toy points in R^D; `get_data_scaler` maps them into the model's input space. Batch `k` of a
-stream is a pure function of (seed, split, k), so training resumes at any step with the same data;
-the caller shards each global batch over its devices (`train.shard_batch`).
+stream is a pure function of (seed, split, k), so training resumes at any step with the same data.
+With several processes each reads only its own rows of every global batch (`rows`,
+`parallel.process_rows`) and `parallel.global_batch` assembles the global array.
 
 Sources (`config.data.dataset`, see `available_datasets()`):
 - 2-D toys, sampled afresh at every step: checkerboard, swiss_roll, two_moons, eight_gaussians,
   and `mixture`, the oracle's Gaussian mixture (`score_sde.testing`, any `data.dim`);
 - `digits`: scikit-learn's bundled 8x8 digits (offline);
-- TFDS: MNIST, CIFAR10, CELEBA, SVHN, LSUN/<category>, read with `tfds.data_source`;
+- TFDS: MNIST, CIFAR10, CELEBA, SVHN, LSUN/<category>, IMAGENET32/64 (downsampled), read with
+  `tfds.data_source`;
 - local files, whenever `config.data.path` is set (whatever the dataset name): a folder of IDX
   files (`*-images-idx3-ubyte[.gz]`, as MNIST ships), an `.npz`, or a folder of PNGs.
 A source without its own test split holds out its last `config.data.num_heldout` examples.
@@ -204,6 +206,7 @@ _TFDS_NAMES = {"MNIST": "mnist", "CIFAR10": "cifar10", "CELEBA": "celeb_a", "SVH
 _LSUN_CATEGORIES = ("bedroom", "bridge", "church_outdoor", "classroom", "conference_room", "dining_room",
                     "kitchen", "living_room", "restaurant", "tower")
 _TFDS_NAMES.update({f"LSUN/{c}": f"lsun/{c}" for c in _LSUN_CATEGORIES})
+_TFDS_NAMES.update({f"IMAGENET{n}": f"downsampled_imagenet/{n}x{n}" for n in (32, 64)})
 _TFDS_CROP = {"celeb_a": 140}  # central crop before resizing, as in the score_sde paper
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 
@@ -317,15 +320,20 @@ def _check_shape(shape: tuple[int, ...], expected: tuple[int, ...], name: str) -
 
 
 def _preprocess(config: ml_collections.ConfigDict, images: np.ndarray, rng: np.random.Generator,
-                train: bool) -> np.ndarray:
-  """uint8 -> [0, 1]: (x + u) / 256 with u ~ U[0, 1) if dequantizing, else x / 255; random flips."""
+                train: bool, rows: slice = slice(None), batch_size: int | None = None) -> np.ndarray:
+  """uint8 -> [0, 1]: (x + u) / 256 with u ~ U[0, 1) if dequantizing, else x / 255; random flips.
+
+  `images` are rows `rows` of a batch of `batch_size` (default: all of it); they get the noise and
+  flips drawn for those rows of the whole batch.
+  """
+  batch_shape = (batch_size or len(images),) + images.shape[1:]
   images = images.astype(np.float32)
   if config.data.uniform_dequantization:
-    images = (images + rng.uniform(size=images.shape).astype(np.float32)) / 256.0
+    images = (images + rng.uniform(size=batch_shape)[rows].astype(np.float32)) / 256.0
   else:
     images = images / 255.0
   if train and config.data.random_flip:
-    flip = rng.uniform(size=len(images)) < 0.5
+    flip = rng.uniform(size=batch_shape[0])[rows] < 0.5
     images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
   return images
 
@@ -335,24 +343,29 @@ def _batch_rng(config: ml_collections.ConfigDict, split: str, step: int) -> np.r
 
 
 def get_dataset(config: ml_collections.ConfigDict, split: str, *, batch_size: int | None = None,
-                start_step: int = 0, repeat: bool = True) -> Iterator[Batch]:
+                start_step: int = 0, repeat: bool = True, rows: slice = slice(None)) -> Iterator[Batch]:
   """Batches of `split` ("train" | "test"), `batch_size` (default training.batch_size) examples each.
 
   repeat=True: an endless stream, reshuffled every epoch, of full batches; batch k depends only on
   (seed, split, k), and the stream starts at batch `start_step` (resuming). Toy training batches are
   fresh samples. repeat=False: one ordered pass over the split (the last batch may be smaller).
+
+  `rows` (repeat=True only): the rows of every batch to yield, e.g. one process's share; only those
+  examples are read, with the random flips and dequantization noise they get in the whole batch.
   """
   batch_size = batch_size or config.training.batch_size
+  if not repeat and rows != slice(None):
+    raise ValueError("rows= selects a process's share of a repeated stream; use repeat=True")
   if is_toy(config) and split == "train":
     if not repeat:
       raise ValueError("toy training data is an endless stream; use repeat=True")
     sample = _TOYS[config.data.dataset](config)
     if config.data.dataset != "mixture" and config.data.dim != 2:
       raise ValueError(f"dataset {config.data.dataset!r} is 2-D; config.data.dim={config.data.dim}")
-    return (_toy_batch(sample, _batch_rng(config, split, step), batch_size) for step in _count(start_step))
+    return (_toy_batch(sample, _batch_rng(config, split, step), batch_size, rows) for step in _count(start_step))
   source = get_source(config, split)
   if repeat:
-    return _shuffled_stream(config, source, split, batch_size, start_step)
+    return _shuffled_stream(config, source, split, batch_size, start_step, rows)
   return _ordered_pass(config, source, split, batch_size)
 
 
@@ -363,18 +376,23 @@ def _count(start: int) -> Iterator[int]:
     step += 1
 
 
-def _toy_batch(sample, rng: np.random.Generator, batch_size: int) -> Batch:
-  return {"image": sample(rng, batch_size).astype(np.float32), "label": np.zeros(batch_size, np.int32)}
+def _toy_batch(sample, rng: np.random.Generator, batch_size: int, rows: slice) -> Batch:
+  """Rows `rows` of a fresh batch of `batch_size` points."""
+  return {"image": sample(rng, batch_size)[rows].astype(np.float32), "label": np.zeros(batch_size, np.int32)[rows]}
 
 
-def _make_batch(config, source, split: str, indices: np.ndarray, rng: np.random.Generator) -> Batch:
-  images, labels = source.fetch(indices)
+def _make_batch(config, source, split: str, indices: np.ndarray, rng: np.random.Generator,
+                rows: slice = slice(None)) -> Batch:
+  """Rows `rows` of the batch of examples `indices`."""
+  images, labels = source.fetch(indices[rows])
   if images.dtype != np.uint8:  # toy test points are already in model space
     return {"image": images, "label": labels}
-  return {"image": _preprocess(config, images, rng, train=split == "train"), "label": labels}
+  return {"image": _preprocess(config, images, rng, train=split == "train", rows=rows, batch_size=len(indices)),
+          "label": labels}
 
 
-def _shuffled_stream(config, source, split: str, batch_size: int, start_step: int) -> Iterator[Batch]:
+def _shuffled_stream(config, source, split: str, batch_size: int, start_step: int,
+                     rows: slice) -> Iterator[Batch]:
   """Batch k = examples [k' B, (k' + 1) B) of the permutation of epoch k // (N // B)."""
   per_epoch = len(source) // batch_size
   if per_epoch == 0:
@@ -383,7 +401,7 @@ def _shuffled_stream(config, source, split: str, batch_size: int, start_step: in
     epoch, position = divmod(step, per_epoch)
     order = np.random.default_rng([config.seed, _SPLIT_IDS[split], epoch, 2**31]).permutation(len(source))
     indices = order[position * batch_size:(position + 1) * batch_size]
-    yield _make_batch(config, source, split, indices, _batch_rng(config, split, step))
+    yield _make_batch(config, source, split, indices, _batch_rng(config, split, step), rows)
 
 
 def _ordered_pass(config, source, split: str, batch_size: int) -> Iterator[Batch]:

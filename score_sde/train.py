@@ -1,7 +1,9 @@
 """The training loop: data-parallel jitted steps, EMA, logs, evaluation, snapshots, resumption.
 
-The batch is split over all local devices along the mesh axis 'data' and the state is replicated
-(`jax.jit` + `NamedSharding`), so one device and many compute the same global-batch loss. The
+The batch is split over all devices of all processes along the mesh axis 'data' and the state is
+replicated (`jax.jit` + `NamedSharding`, `score_sde.parallel`), so one device and many compute the
+same global-batch loss. Each process reads its own rows of every batch; process 0 alone writes
+metrics, TensorBoard events and images, while all processes take part in orbax checkpoint saves. The
 PRNG key of step k is fold_in(key(seed), k) and batch k depends only on (seed, k): a run resumed from
 any checkpoint continues bit for bit as if it had never stopped.
 """
@@ -25,7 +27,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_sde import checkpoint, datasets, evaluate, losses, models
+from score_sde import checkpoint, datasets, evaluate, losses, models, parallel
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -36,13 +38,8 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def get_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh, axis 'data', over `devices` (default: all devices)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
-
-
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Places a global numpy batch on the mesh, split along its leading axis."""
+  """Places a global numpy batch on a single-process mesh, split along its leading axis."""
   return jax.device_put(batch, NamedSharding(mesh, P("data")))
 
 
@@ -73,8 +70,8 @@ class Setup:
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Setup:
-  """SDE, network, optimizer, mesh over `devices` (default: all) and key streams of `config`."""
-  mesh = get_mesh(devices)
+  """SDE, network, optimizer, mesh over `devices` (default: all, of all processes) and key streams."""
+  mesh = parallel.get_mesh(devices)
   if config.training.batch_size % mesh.size:
     raise ValueError(f"training.batch_size={config.training.batch_size} is not divisible by the {mesh.size} devices")
   return Setup(sde=sde_lib.get_sde(config), model=models.get_model(config), optimizer=losses.get_optimizer(config),
@@ -102,22 +99,33 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
 
 
 class MetricWriter:
-  """Appends records to workdir/metrics.jsonl and TensorBoard scalars/images to workdir/tensorboard."""
+  """Appends records to workdir/metrics.jsonl and TensorBoard scalars/images to workdir/tensorboard.
+
+  Only on the main process; elsewhere every method does nothing.
+  """
 
   def __init__(self, workdir: pathlib.Path):
-    self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+    self.active = parallel.is_main_process()
+    if self.active:
+      self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # pylint: disable=consider-using-with
+      self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, **scalars: float) -> None:
+    if not self.active:
+      return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
       self._tensorboard.add_scalar(name, value, step)
 
   def image(self, step: int, name: str, path: pathlib.Path) -> None:
+    if not self.active:
+      return
     self._tensorboard.add_image(name, np.asarray(_read_png(path)), step, dataformats="HWC")
 
   def close(self) -> None:
+    if not self.active:
+      return
     self._jsonl.close()
     self._tensorboard.close()
 
@@ -127,10 +135,11 @@ def _read_png(path: pathlib.Path) -> np.ndarray:
   return np.asarray(Image.open(path).convert("RGB"))
 
 
-def _scaled_batches(config: ml_collections.ConfigDict, split: str, start_step: int) -> Iterator[dict]:
-  """The split's batches, images mapped into model space by the data scaler."""
+def _scaled_batches(config: ml_collections.ConfigDict, split: str, start_step: int,
+                    rows: slice = slice(None)) -> Iterator[dict]:
+  """Rows `rows` of the split's batches, images mapped into model space by the data scaler."""
   scaler = datasets.get_data_scaler(config)
-  for batch in datasets.get_dataset(config, split, start_step=start_step):
+  for batch in datasets.get_dataset(config, split, start_step=start_step, rows=rows):
     yield {**batch, "image": scaler(batch["image"])}
 
 
@@ -184,17 +193,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   train_step, eval_step = get_step_fns(config, setup)
   sample_fn = (evaluate.get_sample_fn(config, setup.sde, setup.model, t.snapshot_num_samples)
                if t.snapshot_sampling else None)
-  train_batches = _scaled_batches(config, "train", start)
-  eval_batches = _scaled_batches(config, "test", (start // t.eval_freq) * t.eval_batches)
+  rows = parallel.process_rows(t.batch_size, setup.mesh)  # this process's share of every batch
+  train_batches = _scaled_batches(config, "train", start, rows)
+  eval_batches = _scaled_batches(config, "test", (start // t.eval_freq) * t.eval_batches, rows)
   meta = {"seed": config.seed, "config": json.loads(config.to_json_best_effort())}
   writer = MetricWriter(workdir)
-  bar = tqdm.tqdm(total=t.n_iters, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+  bar = tqdm.tqdm(total=t.n_iters, initial=start, disable=not (progress and writer.active), desc="train", unit="step",
+                  dynamic_ncols=True)
   pending: list[tuple[int, Array]] = []
   grad_norm, window_start, window_steps = None, time.perf_counter(), 0
   deadline = time.perf_counter() + time_limit_s if time_limit_s is not None else math.inf
   try:
     for step in range(start + 1, t.n_iters + 1):
-      batch = shard_batch(next(train_batches), setup.mesh)
+      batch = parallel.global_batch(next(train_batches), setup.mesh)
       state, metrics = train_step(state, batch, jax.random.fold_in(setup.keys.train, step - 1))
       pending.append((step, metrics["loss"]))
       grad_norm = metrics["grad_norm"]
@@ -213,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           bar.set_postfix(loss=f"{np.mean(values):.4g}", images_per_sec=f"{window_steps * t.batch_size / elapsed:.0f}")
           window_start, window_steps = time.perf_counter(), 0
       if step % t.eval_freq == 0:
-        eval_losses = [eval_step(state, shard_batch(next(eval_batches), setup.mesh),
+        eval_losses = [eval_step(state, parallel.global_batch(next(eval_batches), setup.mesh),
                                  jax.random.fold_in(jax.random.fold_in(setup.keys.eval, step), j))[1]["loss"]
                        for j in range(t.eval_batches)]
         writer.write(step, eval_loss=float(np.mean(jax.device_get(eval_losses))))
@@ -226,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if out_of_time:
         break
     if config.eval.enable_bpd and not datasets.is_toy(config):
-      _final_bits_per_dim(config, setup, state, writer, progress)
+      _final_bits_per_dim(config, setup, state, writer, progress and writer.active)
   finally:
     bar.close()
     writer.close()
@@ -239,7 +250,8 @@ def _snapshot_samples(config, sample_fn, state: TrainState, key: Array, step: in
   samples, nfe = sample_fn(jax.random.fold_in(key, step), evaluation_params(config, state))
   samples = np.asarray(samples)
   path = workdir / "samples" / f"step_{step}.png"
-  save_samples(config, samples, path)
+  if writer.active:
+    save_samples(config, samples, path)
   writer.image(step, "samples", path)
   scalars = {"sample_nfe": float(jnp.mean(nfe))}
   if datasets.is_toy(config):

@@ -5,9 +5,10 @@
 
 runs the 4 runs one after the other (each `scripts/train.py` in its own process, resuming if its
 workdir holds a checkpoint) in runs/sweep/<name>, then writes runs/sweep/results.csv and
-results.md. `--mode=print` prints the commands instead, one per line, for a cluster scheduler (each put into
-`--launcher`, e.g. 'srun {command}' or 'sbatch --gres=gpu:8 --wrap="{command}"'); `--mode=collect` only builds the tables
-once they are done. Every run's config is loaded and validated before the first one starts.
+results.md. `--mode=print` prints the commands instead, one per line, for a cluster scheduler
+(each put into `--launcher`, e.g. 'srun {command}' or 'sbatch --gres=gpu:8 --wrap="{command}"');
+`--mode=collect` only builds the tables once they are done. Every run's config is loaded and
+validated before the first one starts.
 
 A run's metrics are the last value of every scalar in its metrics.jsonl (loss, eval_loss,
 test_bpd, ...) and the scalars of its eval/*.json files, named <file>/<key>.

@@ -1,8 +1,9 @@
 """Data parallelism: two processes train like one, sharded sampling equals one device, data resumption.
 
-Run as a script (`python tests/test_parallel.py PORT PROCESS_ID OUT.npz`) this file is one worker
+Run as a script (`python tests/test_parallel.py PORT PROCESS_ID WORKDIR`) this file is one worker
 of the two-process test.
 """
+import json
 import os
 import pathlib
 import socket
@@ -30,62 +31,68 @@ def _tiny_toy():
       "--config.training.batch_size=64", "--config.optim.warmup=2", "--config.model.ema_rate=0.9"])
 
 
-def _train(config, devices=None) -> list[np.ndarray]:
-  """STEPS sharded train steps over `devices` (default: all devices of all processes); the state's leaves.
-
-  Each process builds the global batch from its own rows of the global data stream.
-  """
-  setup = train.build(config, parallel.get_mesh(devices).devices.ravel())
-  state = train.init_state(config, setup)
-  train_step, _ = train.get_step_fns(config, setup)
-  rows = parallel.process_rows(config.training.batch_size, setup.mesh)
-  batches = datasets.get_dataset(config, "train")
-  for step in range(STEPS):
-    local = {name: value[rows] for name, value in next(batches).items()}
-    state, _ = train_step(state, parallel.global_batch(local, setup.mesh), jax.random.fold_in(setup.keys.train, step))
-  return jax.tree.leaves(parallel.fetch(state))
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
 
 
+def _loop_config():
+  """The tiny toy run of train_and_evaluate: eval losses, snapshot samples and a final checkpoint."""
+  config = _tiny_toy()
+  config.training.update(n_iters=STEPS, log_freq=2, eval_freq=3, eval_batches=2, snapshot_freq=1000,
+                         snapshot_freq_for_preemption=4, snapshot_num_samples=64)
+  config.sampling.update(method="ode", solver="euler", num_steps=10)
+  return config
+
+
+def _records(workdir: pathlib.Path) -> list[dict]:
+  """metrics.jsonl without the wall-clock rates."""
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in r.items() if not k.endswith("_per_sec")} for r in records]
+
+
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
-  """Two jax.distributed CPU processes (gloo, one device each): identical states, equal to one device."""
+  """Two jax.distributed CPU processes (gloo, one device each) run train_and_evaluate in one workdir.
+
+  Their final states are identical and equal (to float32 reduction-order error) to a one-device run
+  with the same global batch; process 0 alone writes metrics and samples, with the same values.
+  """
   port = _free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  workers = [subprocess.Popen([sys.executable, __file__, str(port), str(p), str(tmp_path / f"{p}.npz")],
+  workers = [subprocess.Popen([sys.executable, __file__, str(port), str(p), str(tmp_path / "two")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for p in range(2)]
   try:
-    reference = _train(_tiny_toy(), jax.devices()[:1])  # while the workers run
-    outputs = [w.communicate(timeout=120)[0] for w in workers]
+    reference = jax.tree.leaves(parallel.fetch(  # while the workers run
+        train.train_and_evaluate(_loop_config(), tmp_path / "one", progress=False, devices=jax.devices()[:1])))
+    outputs = [w.communicate(timeout=150)[0] for w in workers]
   finally:
     for w in workers:
       w.kill()
   for w, out in zip(workers, outputs):
     assert w.returncode == 0, out[-3000:]
-  states = [np.load(tmp_path / f"{p}.npz") for p in range(2)]
+  states = [np.load(tmp_path / "two" / f"state_{p}.npz") for p in range(2)]
   assert len(states[0].files) == len(reference) > 3
   for k, expected in enumerate(reference):
     np.testing.assert_array_equal(states[0][f"arr_{k}"], states[1][f"arr_{k}"])
     np.testing.assert_allclose(states[0][f"arr_{k}"], expected, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(states[0]["arr_1"], _initial_leaves()[1])  # training moved the parameters
+  assert int(states[0]["arr_0"]) == STEPS  # TrainState.step
+  one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+  assert [(r["step"], sorted(r)) for r in two] == [(r["step"], sorted(r)) for r in one]  # process 1 wrote nothing
+  assert {"loss", "eval_loss", "sample_nfe"} <= {k for r in one for k in r}
+  for a, b in zip(one, two):
+    np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-4)
+  assert sorted(p.name for p in (tmp_path / "two" / "samples").iterdir()) == [f"step_{STEPS}.png"]
+  assert (tmp_path / "two" / "checkpoints" / str(STEPS)).is_dir()
 
 
-def _initial_leaves() -> list[np.ndarray]:
-  config = _tiny_toy()
-  setup = train.build(config, jax.devices()[:1])
-  return jax.tree.leaves(parallel.fetch(train.init_state(config, setup)))
-
-
-def _worker(process_id: int, out: str) -> None:
+def _worker(process_id: int, workdir: str) -> None:
   assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
   assert parallel.is_main_process() == (process_id == 0)
   assert parallel.process_rows(64, parallel.get_mesh()) == slice(32 * process_id, 32 * (process_id + 1))
-  np.savez(out, *_train(_tiny_toy()))
+  state = train.train_and_evaluate(_loop_config(), workdir, progress=False)
+  np.savez(pathlib.Path(workdir) / f"state_{process_id}.npz", *jax.tree.leaves(parallel.fetch(state)))
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=2 "
@@ -136,6 +143,45 @@ def test_resuming_mid_epoch_yields_the_same_batches(start):
     np.testing.assert_array_equal(got["image"], expected["image"])
     np.testing.assert_array_equal(got["label"], expected["label"])
   assert not np.array_equal(uninterrupted[0]["image"], uninterrupted[1]["image"])
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mixture"])
+def test_process_shares_of_a_batch_make_up_the_global_batch(dataset):
+  """Two processes' rows, with the flips and dequantization noise of the whole batch, concatenate to it."""
+  config = configs_util.load_config(ROOT / ("configs/digits/vp_unet.py" if dataset == "digits" else
+                                            "configs/toy/vp_mlp.py"), [f"--config.data.dataset={dataset}"])
+  if dataset == "digits":
+    config.data.update(random_flip=True, uniform_dequantization=True)
+  whole = datasets.get_dataset(config, "train", batch_size=64, start_step=30)
+  halves = [datasets.get_dataset(config, "train", batch_size=64, start_step=30, rows=slice(32 * p, 32 * (p + 1)))
+            for p in range(2)]
+  for _ in range(2):
+    expected, parts = next(whole), [next(h) for h in halves]
+    for name in ("image", "label"):
+      np.testing.assert_array_equal(np.concatenate([part[name] for part in parts]), expected[name])
+  with pytest.raises(ValueError, match="repeat=True"):
+    datasets.get_dataset(config, "test", repeat=False, rows=slice(0, 32))
+
+
+@pytest.mark.parametrize("dataset, image_size, channels", [
+    ("MNIST", 28, 1), ("CIFAR10", 32, 3), ("SVHN", 32, 3), ("CELEBA", 16, 3), ("LSUN/church_outdoor", 16, 3),
+    ("IMAGENET32", 32, 3), ("IMAGENET64", 64, 3)])
+def test_tfds_sources_shard_over_processes_and_resume(dataset, image_size, channels):
+  """tfds.data_source on mock data: two processes' rows make up each batch; a resumed stream repeats it."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = configs_util.load_config(ROOT / "configs/mnist/vp_unet.py")
+  config.data.update(dataset=dataset, image_size=image_size, num_channels=channels, random_flip=True,
+                     uniform_dequantization=True)
+  with tfds.testing.mock_data(num_examples=24):  # 3 batches of 8 per epoch
+    whole = [next(s) for s in [datasets.get_dataset(config, "train", batch_size=8)] for _ in range(5)]
+    resumed = datasets.get_dataset(config, "train", batch_size=8, start_step=4)
+    halves = [datasets.get_dataset(config, "train", batch_size=8, start_step=4, rows=slice(4 * p, 4 * (p + 1)))
+              for p in range(2)]
+    got, parts = next(resumed), [next(h) for h in halves]
+  assert whole[4]["image"].shape == (8, image_size, image_size, channels)
+  np.testing.assert_array_equal(got["image"], whole[4]["image"])
+  np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), whole[4]["image"])
+  assert not np.array_equal(whole[1]["image"], whole[4]["image"])  # epoch 1 reshuffles
 
 
 if __name__ == "__main__":
