@@ -191,8 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = restored[0]
   start = int(state.step)
   train_step, eval_step = get_step_fns(config, setup)
-  sample_fn = (evaluate.get_sample_fn(config, setup.sde, setup.model, t.snapshot_num_samples)
-               if t.snapshot_sampling else None)
+  sample_fn = _sharded_sample_fn(config, setup) if t.snapshot_sampling else None
   rows = parallel.process_rows(t.batch_size, setup.mesh)  # this process's share of every batch
   train_batches = _scaled_batches(config, "train", start, rows)
   eval_batches = _scaled_batches(config, "test", (start // t.eval_freq) * t.eval_batches, rows)
@@ -245,10 +244,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return state
 
 
+def _sharded_sample_fn(config: ml_collections.ConfigDict, setup: Setup):
+  """The snapshot sampler, its samples split over the mesh (replicated if their number does not divide)."""
+  num_samples = config.training.snapshot_num_samples
+  sample_fn = evaluate.get_sample_fn(config, setup.sde, setup.model, num_samples)
+  split = num_samples % setup.mesh.size == 0
+  samples_sharding = parallel.batch_sharding(setup.mesh) if split else parallel.replicated(setup.mesh)
+  return jax.jit(sample_fn, out_shardings=(samples_sharding, parallel.replicated(setup.mesh)))
+
+
 def _snapshot_samples(config, sample_fn, state: TrainState, key: Array, step: int, workdir: pathlib.Path,
                       writer: MetricWriter) -> None:
   samples, nfe = sample_fn(jax.random.fold_in(key, step), evaluation_params(config, state))
-  samples = np.asarray(samples)
+  samples = parallel.fetch(samples)
   path = workdir / "samples" / f"step_{step}.png"
   if writer.active:
     save_samples(config, samples, path)
