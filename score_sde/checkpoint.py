@@ -7,10 +7,12 @@ renames it when complete, so a run killed mid-save leaves the previous checkpoin
 """
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 SNAPSHOT_DIR = "checkpoints"
@@ -73,3 +75,26 @@ class Checkpointer:
   def close(self) -> None:
     for manager in self._managers.values():
       manager.close()
+
+
+def restore_run(workdir: str | pathlib.Path, step: int | None = None, *, template_fn) -> tuple[
+    ml_collections.ConfigDict, Any, int]:
+  """(config saved with the checkpoint, state, step) of checkpoint `step` (default: the latest) of a run.
+
+  `template_fn(config)` builds a state of the right structure (e.g. a fresh TrainState).
+  Raises CheckpointError when the run has no such checkpoint.
+  """
+  ckpt = Checkpointer(workdir)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {workdir}")
+    kind = SNAPSHOT_DIR if step in ckpt.snapshot_steps() else PREEMPTION_DIR
+    meta_file = pathlib.Path(workdir) / kind / str(step) / "meta" / "metadata"
+    if not meta_file.exists():
+      raise CheckpointError(f"no checkpoint at step {step} in {workdir}")
+    config = ml_collections.ConfigDict(json.loads(meta_file.read_text())["config"])
+    state, _ = ckpt.restore(step, template_fn(config), kind=kind)
+  finally:
+    ckpt.close()
+  return config, state, step

@@ -11,10 +11,25 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from score_sde import datasets, likelihood, models, sampling, testing
+from score_sde import checkpoint, datasets, likelihood, losses, models, sampling, testing
 from score_sde import sde as sde_lib
+from score_sde.train_state import TrainState
 
 Array = jax.Array
+
+
+def state_template(config: ml_collections.ConfigDict) -> TrainState:
+  """The abstract train state (shapes and dtypes only) that a checkpoint of `config` restores into."""
+  model = models.get_model(config)
+  optimizer = losses.get_optimizer(config)
+  return jax.eval_shape(lambda: TrainState.create(
+      models.init_params(jax.random.key(0), model, datasets.data_shape(config)), optimizer))
+
+
+def restore_run(workdir: str | pathlib.Path, step: int | None = None
+                ) -> tuple[ml_collections.ConfigDict, TrainState, int]:
+  """(config saved with it, train state, step) of checkpoint `step` (default: the latest) of a run."""
+  return checkpoint.restore_run(workdir, step, template_fn=state_template)
 
 
 def sampling_options(config: ml_collections.ConfigDict) -> dict:

@@ -91,7 +91,8 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
   t = config.training
   replicated, split = NamedSharding(setup.mesh, P()), NamedSharding(setup.mesh, P("data"))
   common = dict(reduce_mean=t.reduce_mean, continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
-                importance_weighting=t.importance_weighting, eps=t.eps, ema_rate=config.model.ema_rate)
+                importance_weighting=t.importance_weighting, eps=t.eps, ema_rate=config.model.ema_rate,
+                cond_drop_prob=t.cond_drop_prob)
   shardings = dict(in_shardings=(replicated, split, replicated), out_shardings=(replicated, replicated))
   train_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=True, **common)
   eval_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=False, **common)

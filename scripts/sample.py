@@ -13,7 +13,6 @@ Conditioning (score_sde/controllable.py):
                                          the observed part and the sample from top to bottom
   --colorize                             colorize the gray levels of 3-channel test images
 """
-import json
 import pathlib
 import sys
 
@@ -21,14 +20,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from score_sde import checkpoint, controllable, datasets, evaluate, losses, models, sampling  # noqa: E402
+from score_sde import checkpoint, controllable, datasets, evaluate, models, sampling  # noqa: E402
 from score_sde import sde as sde_lib  # noqa: E402
-from score_sde.train_state import TrainState  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training directory holding checkpoints/ and checkpoints-meta/")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
@@ -65,21 +62,12 @@ MASKS = {"right_half": _right_half, "bottom_half": _bottom_half, "center": _cent
 
 
 def restore(workdir: str, step: int | None):
-  """(config, EMA params, step) of checkpoint `step` (default the latest) of `workdir`."""
-  ckpt = checkpoint.Checkpointer(workdir)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    sys.exit(f"no checkpoint in {workdir}")
-  kind = checkpoint.SNAPSHOT_DIR if step in ckpt.snapshot_steps() else checkpoint.PREEMPTION_DIR
-  meta_file = pathlib.Path(workdir) / kind / str(step) / "meta" / "metadata"
-  if not meta_file.exists():
-    sys.exit(f"no checkpoint at step {step} in {workdir}")
-  config = ml_collections.ConfigDict(json.loads(meta_file.read_text())["config"])
-  model = models.get_model(config)
-  params = models.init_params(jax.random.key(0), model, datasets.data_shape(config))
-  state, _ = ckpt.restore(step, TrainState.create(params, losses.get_optimizer(config)), kind=kind)
-  ckpt.close()
-  return config, model, state.ema_params, step
+  """(config, model, EMA params, step) of checkpoint `step` (default the latest) of `workdir`."""
+  try:
+    config, state, step = evaluate.restore_run(workdir, step)
+  except checkpoint.CheckpointError as e:
+    sys.exit(str(e))
+  return config, models.get_model(config), state.ema_params, step
 
 
 def sampler_options(config, method: str, accepted) -> dict:
