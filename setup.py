@@ -16,7 +16,7 @@ setup(
         "diffrax>=0.7,<0.8",
         "lineax>=0.0.8,<0.2",
         "numpy>=1.26,<3",
-        "pillow>=10,<13",
+        "pillow>=10,<14",
         "tqdm>=4.60,<5",
         "absl-py>=2.0,<3",
         "scikit-learn>=1.3,<2",
