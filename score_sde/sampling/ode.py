@@ -37,18 +37,15 @@ SOLVERS = {
 }
 
 
-def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, solver: str, rtol: float,
-           atol: float, num_steps: int | None, max_steps: int) -> tuple[Array, Array]:
-  """x(t1) from x(t0) along the probability-flow ODE, and the score evaluations used."""
+def integrate(vector_field, x: Array, t0: float, t1: float, solver: str, rtol: float, atol: float,
+              num_steps: int | None, max_steps: int) -> tuple[Array, Array]:
+  """x(t1) from x(t0) along dx/dt = vector_field(t, x, args) in one diffeqsolve, and the field evaluations.
+
+  Adaptive (PIDController(rtol, atol)) when num_steps is None, else num_steps constant steps.
+  """
   if solver not in SOLVERS:
     raise ValueError(f"unknown ODE solver {solver!r}; choose from {sorted(SOLVERS)}")
   spec = SOLVERS[solver]
-  flow = sde.reverse(score_fn, probability_flow=True)
-
-  def vector_field(t, y, args):
-    del args
-    return flow.sde(y, utils.batch_times(t, y))[0]
-
   if num_steps is None:
     if solver == "euler":
       raise ValueError("solver 'euler' has no error estimate for adaptive stepping; give num_steps")
@@ -57,8 +54,19 @@ def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, 
     controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
   sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), spec.solver(), t0=t0, t1=t1, dt0=dt0, y0=x,
                             stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
-  nfe = spec.stages * sol.stats["num_steps"] + int(spec.fsal)
-  return sol.ys[0], nfe
+  return sol.ys[0], spec.stages * sol.stats["num_steps"] + int(spec.fsal)
+
+
+def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, solver: str, rtol: float,
+           atol: float, num_steps: int | None, max_steps: int) -> tuple[Array, Array]:
+  """x(t1) from x(t0) along the probability-flow ODE, and the score evaluations used."""
+  flow = sde.reverse(score_fn, probability_flow=True)
+
+  def vector_field(t, y, args):
+    del args
+    return flow.sde(y, utils.batch_times(t, y))[0]
+
+  return integrate(vector_field, x, t0, t1, solver, rtol, atol, num_steps, max_steps)
 
 
 _STATIC = ("score_fn", "sde", "solver", "rtol", "atol", "num_steps", "eps", "max_steps")
