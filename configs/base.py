@@ -27,6 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   training.cond_drop_prob = 0.0
   training.snapshot_num_samples = 64  # samples drawn for the PNG grid at each snapshot
   training.eval_batches = 1  # batches averaged for the periodic eval loss
+  training.fsdp_size = 1  # devices each parameter is split over (mesh axis 'fsdp'); 1: replicated
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
@@ -65,6 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.uniform_dequantization = False
   data.dim = 2  # event size of the 2-D toy distributions
   data.num_heldout = 1000  # local files without a test split: the last num_heldout examples are the test split
+  data.prefetch = 2  # batches read ahead by background threads (grain); 0: read each batch when asked
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"
