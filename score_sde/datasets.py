@@ -5,7 +5,9 @@ Images lie in [0, 1] (`x / 255`, or `(x + u) / 256` with uniform dequantization,
 toy points in R^D; `get_data_scaler` maps them into the model's input space. Batch `k` of a
 stream is a pure function of (seed, split, k), so training resumes at any step with the same data.
 With several processes each reads only its own rows of every global batch (`rows`,
-`parallel.process_rows`) and `parallel.global_batch` assembles the global array.
+`parallel.process_rows`) and `parallel.global_batch` assembles the global array. With
+`config.data.prefetch` > 0, grain threads build the next batches while the caller uses the current
+one; being pure functions of k, the batches are the same as when read synchronously.
 
 Sources (`config.data.dataset`, see `available_datasets()`):
 - 2-D toys, sampled afresh at every step: checkerboard, swiss_roll, two_moons, eight_gaussians,
@@ -20,10 +22,13 @@ A source without its own test split holds out its last `config.data.num_heldout`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import pathlib
 import socket
-from typing import Callable, Iterator
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
@@ -33,6 +38,7 @@ from score_sde import testing
 
 Batch = dict[str, np.ndarray]
 _SPLIT_IDS = {"train": 0, "test": 1}
+_ENDLESS = sys.maxsize  # the last batch index of a repeated stream: endless in practice
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -352,6 +358,10 @@ def get_dataset(config: ml_collections.ConfigDict, split: str, *, batch_size: in
 
   `rows` (repeat=True only): the rows of every batch to yield, e.g. one process's share; only those
   examples are read, with the random flips and dequantization noise they get in the whole batch.
+
+  With config.data.prefetch > 0, that many grain threads build the next batches of image sources
+  while the caller uses the current one (see `read_ahead`); the batches are the same as with
+  prefetch=0. Toy batches are always sampled when asked: that takes less time than a thread hand-off.
   """
   batch_size = batch_size or config.training.batch_size
   if not repeat and rows != slice(None):
@@ -359,26 +369,61 @@ def get_dataset(config: ml_collections.ConfigDict, split: str, *, batch_size: in
   if is_toy(config) and split == "train":
     if not repeat:
       raise ValueError("toy training data is an endless stream; use repeat=True")
-    sample = _TOYS[config.data.dataset](config)
     if config.data.dataset != "mixture" and config.data.dim != 2:
       raise ValueError(f"dataset {config.data.dataset!r} is 2-D; config.data.dim={config.data.dim}")
-    return (_toy_batch(sample, _batch_rng(config, split, step), batch_size, rows) for step in _count(start_step))
+    sample = _TOYS[config.data.dataset](config)
+    batch_at = functools.partial(_toy_batch, config, split, sample, batch_size, rows)
+    return read_ahead(batch_at, range(start_step, _ENDLESS), prefetch=0)  # cheaper than a hand-off to a thread
   source = get_source(config, split)
   if repeat:
-    return _shuffled_stream(config, source, split, batch_size, start_step, rows)
-  return _ordered_pass(config, source, split, batch_size)
+    if len(source) < batch_size:
+      raise ValueError(f"split {split!r} has {len(source)} examples, fewer than one batch of {batch_size}")
+    batch_at = functools.partial(_shuffled_batch, config, source, split, batch_size, rows)
+    return read_ahead(batch_at, range(start_step, _ENDLESS), config.data.prefetch)
+  batch_at = functools.partial(_ordered_batch, config, source, split, batch_size)
+  return read_ahead(batch_at, range(-(-len(source) // batch_size)), config.data.prefetch)
 
 
-def _count(start: int) -> Iterator[int]:
-  step = start
-  while True:
-    yield step
-    step += 1
+def read_ahead(batch_at: Callable[[int], Batch], steps: range, prefetch: int) -> Iterator[Batch]:
+  """`batch_at(k)` for k in `steps`, in order; `prefetch` > 0 grain threads build the next batches ahead.
+
+  Each batch is a pure function of k, so the stream does not depend on `prefetch`. Without grain
+  installed it warns and reads synchronously. Closing the iterator (or dropping it) stops the threads.
+  """
+  if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+    raise ValueError(f"config.data.prefetch={prefetch!r} must be an int >= 0 (batches read ahead; 0: none)")
+  grain = _grain_or_none() if prefetch else None
+  if grain is None:
+    return (batch_at(k) for k in steps)
+  return _prefetched(grain, batch_at, steps, prefetch)
 
 
-def _toy_batch(sample, rng: np.random.Generator, batch_size: int, rows: slice) -> Batch:
-  """Rows `rows` of a fresh batch of `batch_size` points."""
-  return {"image": sample(rng, batch_size)[rows].astype(np.float32), "label": np.zeros(batch_size, np.int32)[rows]}
+def _grain_or_none():
+  """The grain module, or None (with a warning) when it is not installed."""
+  try:
+    import grain  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    warnings.warn("config.data.prefetch > 0 needs grain (pip install -e '.[tfds]'); reading batches "
+                  "synchronously instead", stacklevel=4)
+    return None
+  return grain
+
+
+def _prefetched(grain, batch_at: Callable[[int], Batch], steps: range, prefetch: int) -> Iterator[Batch]:
+  """A grain MapDataset over `steps`, read by `prefetch` threads with `prefetch` batches buffered."""
+  dataset = grain.MapDataset.range(steps.start, steps.stop, steps.step).map(batch_at)
+  options = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)
+  iterator = iter(dataset.to_iter_dataset(options))
+  try:
+    yield from iterator
+  finally:
+    iterator.close()  # stops the threads when the caller closes or drops this generator
+
+
+def _toy_batch(config, split: str, sample, batch_size: int, rows: slice, step: int) -> Batch:
+  """Rows `rows` of fresh toy batch `step` of `batch_size` points."""
+  points = sample(_batch_rng(config, split, step), batch_size)
+  return {"image": points[rows].astype(np.float32), "label": np.zeros(batch_size, np.int32)[rows]}
 
 
 def _make_batch(config, source, split: str, indices: np.ndarray, rng: np.random.Generator,
@@ -391,23 +436,18 @@ def _make_batch(config, source, split: str, indices: np.ndarray, rng: np.random.
           "label": labels}
 
 
-def _shuffled_stream(config, source, split: str, batch_size: int, start_step: int,
-                     rows: slice) -> Iterator[Batch]:
-  """Batch k = examples [k' B, (k' + 1) B) of the permutation of epoch k // (N // B)."""
-  per_epoch = len(source) // batch_size
-  if per_epoch == 0:
-    raise ValueError(f"split {split!r} has {len(source)} examples, fewer than one batch of {batch_size}")
-  for step in _count(start_step):
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([config.seed, _SPLIT_IDS[split], epoch, 2**31]).permutation(len(source))
-    indices = order[position * batch_size:(position + 1) * batch_size]
-    yield _make_batch(config, source, split, indices, _batch_rng(config, split, step), rows)
+def _shuffled_batch(config, source, split: str, batch_size: int, rows: slice, step: int) -> Batch:
+  """Batch `step` = examples [p B, (p + 1) B) of epoch e's permutation, (e, p) = divmod(step, N // B)."""
+  epoch, position = divmod(step, len(source) // batch_size)
+  order = np.random.default_rng([config.seed, _SPLIT_IDS[split], epoch, 2**31]).permutation(len(source))
+  indices = order[position * batch_size:(position + 1) * batch_size]
+  return _make_batch(config, source, split, indices, _batch_rng(config, split, step), rows)
 
 
-def _ordered_pass(config, source, split: str, batch_size: int) -> Iterator[Batch]:
-  for k, start in enumerate(range(0, len(source), batch_size)):
-    indices = np.arange(start, min(start + batch_size, len(source)))
-    yield _make_batch(config, source, split, indices, _batch_rng(config, split, k))
+def _ordered_batch(config, source, split: str, batch_size: int, step: int) -> Batch:
+  """Batch `step` of one ordered pass: examples [step B, min((step + 1) B, N))."""
+  indices = np.arange(step * batch_size, min((step + 1) * batch_size, len(source)))
+  return _make_batch(config, source, split, indices, _batch_rng(config, split, step))
 
 
 # ---------------------------------------------------------------------------------------- scalers
