@@ -378,7 +378,9 @@ def get_dataset(config: ml_collections.ConfigDict, split: str, *, batch_size: in
   if repeat:
     if len(source) < batch_size:
       raise ValueError(f"split {split!r} has {len(source)} examples, fewer than one batch of {batch_size}")
-    batch_at = functools.partial(_shuffled_batch, config, source, split, batch_size, rows)
+    epoch_order = functools.lru_cache(maxsize=2)(  # one permutation per epoch, not one per batch
+        functools.partial(_epoch_order, config.seed, split, len(source)))
+    batch_at = functools.partial(_shuffled_batch, config, source, split, batch_size, rows, epoch_order)
     return read_ahead(batch_at, range(start_step, _ENDLESS), config.data.prefetch)
   batch_at = functools.partial(_ordered_batch, config, source, split, batch_size)
   return read_ahead(batch_at, range(-(-len(source) // batch_size)), config.data.prefetch)
@@ -436,11 +438,18 @@ def _make_batch(config, source, split: str, indices: np.ndarray, rng: np.random.
           "label": labels}
 
 
-def _shuffled_batch(config, source, split: str, batch_size: int, rows: slice, step: int) -> Batch:
-  """Batch `step` = examples [p B, (p + 1) B) of epoch e's permutation, (e, p) = divmod(step, N // B)."""
+def _epoch_order(seed: int, split: str, num_examples: int, epoch: int) -> np.ndarray:
+  """The order (a read-only permutation of the examples) in which epoch `epoch` visits them."""
+  order = np.random.default_rng([seed, _SPLIT_IDS[split], epoch, 2**31]).permutation(num_examples)
+  order.flags.writeable = False
+  return order
+
+
+def _shuffled_batch(config, source, split: str, batch_size: int, rows: slice,
+                    epoch_order: Callable[[int], np.ndarray], step: int) -> Batch:
+  """Batch `step` = examples [p B, (p + 1) B) of epoch e's order, (e, p) = divmod(step, N // B)."""
   epoch, position = divmod(step, len(source) // batch_size)
-  order = np.random.default_rng([config.seed, _SPLIT_IDS[split], epoch, 2**31]).permutation(len(source))
-  indices = order[position * batch_size:(position + 1) * batch_size]
+  indices = epoch_order(epoch)[position * batch_size:(position + 1) * batch_size]
   return _make_batch(config, source, split, indices, _batch_rng(config, split, step), rows)
 
 

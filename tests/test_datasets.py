@@ -115,6 +115,30 @@ def test_every_epoch_is_a_permutation_and_epochs_differ(tmp_path):
   assert all(list(b["label"]) == index(b) for b in batches)
 
 
+def test_the_stream_is_pinned_so_resumed_runs_read_the_same_batches(tmp_path):
+  """Batch 4 (epoch 1) of a fixed source and seed, as recorded: its examples, flips and noise.
+
+  A change here would feed runs resumed from older checkpoints other data: update only on purpose.
+  """
+  config = _files_config(_indexed_npz(tmp_path))  # 15 train examples, 3 batches of 5 per epoch
+  config.data.update(uniform_dequantization=True, random_flip=True, prefetch=0)
+  batch = next(datasets.get_dataset(config, "train", batch_size=5, start_step=4))
+  assert batch["label"].tolist() == [10, 9, 4, 5, 6]
+  np.testing.assert_allclose(batch["image"][:, 0, 0, 0], [0.04293792, 0.0366145, 0.01751198, 0.02300814, 0.00223012],
+                             atol=1e-7)  # (index + u) / 256; example 6 is flipped: its mark is on the right
+  np.testing.assert_array_equal(np.floor(batch["image"][:, 0, -1, 0] * 256), [0, 0, 0, 0, 6])
+
+
+def test_each_epoch_is_shuffled_once_not_once_per_batch(tmp_path, monkeypatch):
+  epochs = []
+  epoch_order = datasets._epoch_order  # pylint: disable=protected-access
+  monkeypatch.setattr(datasets, "_epoch_order", lambda *args: epochs.append(args[-1]) or epoch_order(*args))
+  config = _files_config(_indexed_npz(tmp_path))
+  config.data.prefetch = 0
+  _take(datasets.get_dataset(config, "train", batch_size=5, start_step=2), 7)  # batches 2..8: epochs 0, 1, 2
+  assert epochs == [0, 1, 2]
+
+
 def test_random_flip_mirrors_about_half_the_training_images(tmp_path):
   images = np.zeros((400, 4, 4, 3), np.uint8)
   images[:, 1, 0, :] = 1 + np.arange(400)[:, None] % 255  # a mark in the left column only
