@@ -23,11 +23,12 @@ ATTENTION_HEADS = {"ddpm": 1, "multihead": 4, "none": 0}
 class NCSNpp(nn.Module):
   """x [B, H, W, C], noise labels [B] (and optional class labels y [B]) -> [B, H, W, C].
 
-  Down path: `num_res_blocks` residual blocks per resolution (attention at `attn_resolutions`), then
-  a downsampling block; middle: res-attn-res; up path: `num_res_blocks + 1` blocks on the
-  concatenated skips. `progressive_input` feeds a downsampled image pyramid into the down path,
-  `progressive` builds the output through an upsampled pyramid. With `scale_by_sigma` the output
-  is divided by the noise level sigma (a score whose norm grows like 1 / sigma).
+  Down path: `num_res_blocks` residual blocks per resolution (attention at `attn_resolutions` after
+  each), then a downsampling block; middle: res-attn-res; up path: `num_res_blocks + 1` blocks on
+  the concatenated skips, then one attention block per resolution. `progressive_input` feeds a
+  downsampled image pyramid into the down path, `progressive` builds the output through an
+  upsampled pyramid. With `scale_by_sigma` the output is divided by the noise level sigma (a score
+  whose norm grows like 1 / sigma).
   """
 
   nf: int = 128
@@ -55,7 +56,6 @@ class NCSNpp(nn.Module):
   num_classes: int = 0
   centered: bool = False
   noise_labels: layers.NoiseLabels = layers.NoiseLabels()
-  attend_every_up_block: bool = False  # DDPM attends after every up-path block, NCSN++ once per resolution.
   dtype: jnp.dtype = jnp.float32
 
   def _embed(self, noise_labels: Array, y: Array | None) -> Array | None:
@@ -134,10 +134,7 @@ class NCSNpp(nn.Module):
     for i_level in reversed(range(num_resolutions)):
       for _ in range(self.num_res_blocks + 1):
         h = resblock(out_ch=self.nf * self.ch_mult[i_level])(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
-        if self.attend_every_up_block:
-          h = maybe_attend(h)
-      if not self.attend_every_up_block:
-        h = maybe_attend(h)
+      h = maybe_attend(h)
       if self.progressive == "output_skip":
         if pyramid is not None:
           pyramid = layers.Upsample(with_conv=False, **resample)(pyramid)

@@ -22,8 +22,9 @@ Array = jax.Array
 STAGES_64 = ((1, False, 1), (2, True, 1), (2, True, 2), (2, True, 4))
 STAGES_128 = ((1, False, 1), (2, True, 1), (2, True, 1), (4, True, 2), (4, True, 4))
 STAGES_256 = ((1, False, 1), (2, True, 1), (2, True, 1), (2, True, 1), (4, True, 2), (4, True, 4))
-# Width multipliers of the refinement blocks, from the deepest stage up.
-REFINE_64 = (2, 2, 1, 1)
+# Width multipliers of the refinement blocks, from the deepest stage up. The 32/64 px network
+# keeps 2 nf through the third block as score_sde (JAX) does; score_sde_pytorch narrows it to nf.
+REFINE_64 = (2, 2, 2, 1)
 REFINE_128 = (4, 2, 2, 1, 1)
 REFINE_256 = (4, 2, 2, 2, 1, 1)
 
