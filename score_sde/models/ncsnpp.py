@@ -25,7 +25,8 @@ class NCSNpp(nn.Module):
 
   Down path: `num_res_blocks` residual blocks per resolution (attention at `attn_resolutions` after
   each), then a downsampling block; middle: res-attn-res; up path: `num_res_blocks + 1` blocks on
-  the concatenated skips, then one attention block per resolution. `progressive_input` feeds a
+  the concatenated skips, then one attention block per resolution (after every block with
+  `attend_every_up_block`, as Ho et al.'s DDPM). `progressive_input` feeds a
   downsampled image pyramid into the down path, `progressive` builds the output through an
   upsampled pyramid. With `scale_by_sigma` the output is divided by the noise level sigma (a score
   whose norm grows like 1 / sigma).
@@ -56,6 +57,7 @@ class NCSNpp(nn.Module):
   num_classes: int = 0
   centered: bool = False
   noise_labels: layers.NoiseLabels = layers.NoiseLabels()
+  attend_every_up_block: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def _embed(self, noise_labels: Array, y: Array | None) -> Array | None:
@@ -134,7 +136,10 @@ class NCSNpp(nn.Module):
     for i_level in reversed(range(num_resolutions)):
       for _ in range(self.num_res_blocks + 1):
         h = resblock(out_ch=self.nf * self.ch_mult[i_level])(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
-      h = maybe_attend(h)
+        if self.attend_every_up_block:
+          h = maybe_attend(h)
+      if not self.attend_every_up_block:
+        h = maybe_attend(h)
       if self.progressive == "output_skip":
         if pyramid is not None:
           pyramid = layers.Upsample(with_conv=False, **resample)(pyramid)
