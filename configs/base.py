@@ -66,7 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.uniform_dequantization = False
   data.dim = 2  # event size of the 2-D toy distributions
   data.num_heldout = 1000  # local files without a test split: the last num_heldout examples are the test split
-  data.prefetch = 2  # batches read ahead by background threads (grain); 0: read each batch when asked
+  data.prefetch = 2  # batches read ahead by background threads (grain; toys are always sampled in step); 0: read when asked
 
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"
