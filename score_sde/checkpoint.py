@@ -4,6 +4,9 @@ workdir/checkpoints/<step>       every snapshot_freq steps, all kept (for evalua
 workdir/checkpoints-meta/<step>  every snapshot_freq_for_preemption steps, only the latest few kept
 Each holds the state pytree and a JSON `meta` dict. Orbax writes to a temporary directory and
 renames it when complete, so a run killed mid-save leaves the previous checkpoints intact.
+
+Arrays are stored whole (global), whatever their sharding, and restored into the layout of a
+template: a checkpoint written with one training.fsdp_size or device count restores under another.
 """
 from __future__ import annotations
 
@@ -21,6 +24,19 @@ PREEMPTION_DIR = "checkpoints-meta"
 
 class CheckpointError(RuntimeError):
   """A checkpoint that exists but cannot be restored."""
+
+
+def _restore_target(leaf: Any) -> jax.ShapeDtypeStruct:
+  """Shape, dtype and sharding a template leaf is restored into.
+
+  A leaf without a sharding (from `jax.eval_shape`) goes whole onto the first local device rather
+  than onto the devices that wrote the checkpoint, which this process may not have.
+  """
+  target = ocp.utils.to_shape_dtype_struct(leaf)
+  if target.sharding is not None:
+    return target
+  return jax.ShapeDtypeStruct(target.shape, target.dtype, sharding=jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0]))
 
 
 class Checkpointer:
@@ -51,9 +67,9 @@ class Checkpointer:
     return list(self._managers[SNAPSHOT_DIR].all_steps())
 
   def restore(self, step: int, template: Any, *, kind: str = SNAPSHOT_DIR) -> tuple[Any, dict]:
-    """(state, meta) saved at `step`; `template` gives the pytree structure, dtypes and shardings."""
+    """(state, meta) saved at `step`, laid out like `template` (arrays or ShapeDtypeStructs; see `_restore_target`)."""
     manager = self._managers[kind]
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = jax.tree.map(_restore_target, template)
     path = pathlib.Path(manager.directory) / str(step)
     try:
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),

@@ -1,15 +1,21 @@
-"""Data parallelism over every device of every process, on JAX's multi-controller runtime.
+"""Data parallelism and fully-sharded parameters over every device of every process (multi-controller JAX).
 
 One copy of the program runs per host (a process); `initialize` joins them through
-`jax.distributed.initialize`. The mesh has one axis, 'data', over all devices of all processes,
-ordered by process, so with P processes process p holds rows [p B / P, (p + 1) B / P) of every
-global batch of B examples. Each process reads only those rows (`process_rows`), and
-`global_batch` assembles the global `jax.Array` from them without moving data between hosts.
-Parameters, EMA and optimizer state are replicated (`P()`); a jitted step computes the global-batch
-loss, so its gradients and metrics are already reduced over all processes.
+`jax.distributed.initialize`. The mesh has two axes, ('data', 'fsdp'), of shape
+(n_devices / fsdp_size, fsdp_size), over all devices of all processes ordered by process. Every
+global batch of B examples is split over both axes (`P(('data', 'fsdp'))`), so each device holds
+B / n_devices rows and, with P processes, process p holds rows [p B / P, (p + 1) B / P). Each process
+reads only those rows (`process_rows`), and `global_batch` assembles the global `jax.Array` from
+them without moving data between hosts.
+
+Parameters, their EMA and the optimizer state are laid out by `fsdp_spec`: with fsdp_size = 1 all
+are replicated (plain data parallelism); with fsdp_size = k each large leaf is split k ways over
+'fsdp' (ZeRO-3 / FSDP), and the jitted step all-gathers it where it is used. Either way the step
+computes the global-batch loss, so its gradients and metrics are already reduced over all devices.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
@@ -20,6 +26,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+# Leaves with fewer elements (under 64 KiB in float32: biases, norm scales, counts) stay replicated:
+# gathering them at every use would cost more in latency than their copies cost in memory.
+MIN_SHARDED_SIZE = 2**14
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -54,20 +64,53 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def get_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh, axis 'data', over `devices` (default: all devices of all processes), by process."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(sorted(devices, key=lambda d: (d.process_index, d.id))), (DATA_AXIS,))
+def get_mesh(devices: Sequence[jax.Device] | None = None, fsdp_size: int = 1) -> Mesh:
+  """The ('data', 'fsdp') mesh of shape (n / fsdp_size, fsdp_size) over `devices` (default: all), by process.
+
+  Devices are ordered by (process, id) and consecutive ones form an 'fsdp' group, so a group stays
+  within one host when fsdp_size divides the devices per process.
+  """
+  devices = sorted(jax.devices() if devices is None else devices, key=lambda d: (d.process_index, d.id))
+  if fsdp_size < 1 or len(devices) % fsdp_size:
+    raise ValueError(f"fsdp_size={fsdp_size} (training.fsdp_size) must be a positive divisor of the "
+                     f"{len(devices)} devices")
+  return Mesh(np.asarray(devices).reshape(-1, fsdp_size), (DATA_AXIS, FSDP_AXIS))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Arrays split along their leading (batch) axis over the mesh."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Arrays split along their leading (batch) axis over every device of the mesh (all its axes)."""
+  return NamedSharding(mesh, P(mesh.axis_names))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   """Arrays held whole by every device of the mesh."""
   return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int = MIN_SHARDED_SIZE) -> P:
+  """How a leaf of `shape` is laid out: its largest axis divisible by fsdp_size split over 'fsdp'.
+
+  Ties go to the last such axis (the output features of a Dense or convolution kernel). A leaf is
+  replicated when fsdp_size is 1, when it has fewer than `min_size` elements, or when no axis is
+  divisible by fsdp_size.
+  """
+  if fsdp_size == 1 or math.prod(shape) < min_size:
+    return P()
+  divisible = [axis for axis, length in enumerate(shape) if length % fsdp_size == 0]
+  if not divisible:
+    return P()
+  axis = max(divisible, key=lambda a: (shape[a], a))
+  return P(*[None] * axis, FSDP_AXIS)
+
+
+def fsdp_sharding(tree: Any, mesh: Mesh) -> Any:
+  """The NamedSharding of each leaf (array or ShapeDtypeStruct) of a state pytree under `fsdp_spec`.
+
+  The rule reads only a leaf's shape, so the EMA and the optimizer moments (shaped like the params)
+  are split exactly like the params, and scalars (step, optimizer counts) are replicated.
+  """
+  fsdp_size = mesh.shape[FSDP_AXIS]
+  return jax.tree.map(lambda leaf: NamedSharding(mesh, fsdp_spec(leaf.shape, fsdp_size)), tree)
 
 
 def process_rows(global_batch_size: int, mesh: Mesh) -> slice:

@@ -1,11 +1,13 @@
 """The training loop: data-parallel jitted steps, EMA, logs, evaluation, snapshots, resumption.
 
-The batch is split over all devices of all processes along the mesh axis 'data' and the state is
-replicated (`jax.jit` + `NamedSharding`, `score_sde.parallel`), so one device and many compute the
-same global-batch loss. Each process reads its own rows of every batch; process 0 alone writes
-metrics, TensorBoard events and images, while all processes take part in orbax checkpoint saves. The
-PRNG key of step k is fold_in(key(seed), k) and batch k depends only on (seed, k): a run resumed from
-any checkpoint continues bit for bit as if it had never stopped.
+The batch is split over all devices of all processes (mesh axes ('data', 'fsdp')) and the state is
+replicated, or with training.fsdp_size > 1 its large leaves are split over 'fsdp' (`jax.jit` +
+`NamedSharding`, `score_sde.parallel`), so one device and many compute the same global-batch loss.
+Each process reads its own rows of every batch; process 0 alone writes metrics, TensorBoard events
+and images, while all processes take part in orbax checkpoint saves. The PRNG key of step k is
+fold_in(key(seed), k) and batch k depends only on (seed, k): a run resumed from any checkpoint
+continues bit for bit as if it had never stopped. Checkpoints hold global arrays, restored into the
+current layout, so a run may also resume with another training.fsdp_size.
 """
 from __future__ import annotations
 
@@ -24,8 +26,7 @@ import numpy as np
 import optax
 import tensorboardX
 import tqdm
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from score_sde import checkpoint, datasets, evaluate, losses, models, parallel
 from score_sde import sde as sde_lib
@@ -40,7 +41,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """Places a global numpy batch on a single-process mesh, split along its leading axis."""
-  return jax.device_put(batch, NamedSharding(mesh, P("data")))
+  return jax.device_put(batch, parallel.batch_sharding(mesh))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,30 +71,60 @@ class Setup:
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Setup:
-  """SDE, network, optimizer, mesh over `devices` (default: all, of all processes) and key streams."""
-  mesh = parallel.get_mesh(devices)
+  """SDE, network, optimizer, mesh over `devices` (default: all, of all processes) and key streams.
+
+  Raises ValueError when training.fsdp_size does not divide the devices or the batch does not split over them.
+  """
+  mesh = parallel.get_mesh(devices, config.training.fsdp_size)
   if config.training.batch_size % mesh.size:
     raise ValueError(f"training.batch_size={config.training.batch_size} is not divisible by the {mesh.size} devices")
   return Setup(sde=sde_lib.get_sde(config), model=models.get_model(config), optimizer=losses.get_optimizer(config),
                mesh=mesh, keys=Keys.from_seed(config.seed))
 
 
+def _create_state_fn(config: ml_collections.ConfigDict, setup: Setup):
+  """key -> a fresh TrainState (freshly initialised params, their EMA, the optimizer state)."""
+  def create(key: Array) -> TrainState:
+    return TrainState.create(models.init_params(key, setup.model, datasets.data_shape(config)), setup.optimizer)
+  return create
+
+
+def abstract_state(config: ml_collections.ConfigDict, setup: Setup) -> TrainState:
+  """Shape, dtype and sharding (`parallel.fsdp_sharding`) of every leaf of the train state, computing nothing.
+
+  A checkpoint restored into it takes the layout of this run, whatever layout wrote it.
+  """
+  shapes = jax.eval_shape(_create_state_fn(config, setup), setup.keys.init)
+  return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                      shapes, parallel.fsdp_sharding(shapes, setup.mesh))
+
+
+def state_sharding(config: ml_collections.ConfigDict, setup: Setup) -> TrainState:
+  """The NamedSharding of every leaf of the train state: replicated, or split over 'fsdp'."""
+  return jax.tree.map(lambda leaf: leaf.sharding, abstract_state(config, setup))
+
+
 def init_state(config: ml_collections.ConfigDict, setup: Setup) -> TrainState:
-  """A fresh state, replicated over the mesh."""
-  init = jax.jit(models.init_params, static_argnums=(1, 2))
-  params = init(setup.keys.init, setup.model, datasets.data_shape(config))
-  state = TrainState.create(params, setup.optimizer)
-  return jax.device_put(state, NamedSharding(setup.mesh, P()))
+  """A fresh state laid out over the mesh by `state_sharding`: replicated, or split over 'fsdp'.
+
+  Each device computes only its own shards, so no device ever holds a whole large parameter.
+  """
+  return jax.jit(_create_state_fn(config, setup), out_shardings=state_sharding(config, setup))(setup.keys.init)
 
 
 def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
-  """Jitted, sharded (train_step, eval_step): (state, batch, rng) -> (state, metrics)."""
+  """Jitted, sharded (train_step, eval_step): (state, batch, rng) -> (state, metrics).
+
+  The state keeps the layout of `state_sharding` across steps; XLA gathers split parameters where
+  they are used and reduces their gradients onto the shards.
+  """
   t = config.training
-  replicated, split = NamedSharding(setup.mesh, P()), NamedSharding(setup.mesh, P("data"))
+  layout, replicated = state_sharding(config, setup), parallel.replicated(setup.mesh)
   common = dict(reduce_mean=t.reduce_mean, continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
                 importance_weighting=t.importance_weighting, eps=t.eps, ema_rate=config.model.ema_rate,
                 cond_drop_prob=t.cond_drop_prob)
-  shardings = dict(in_shardings=(replicated, split, replicated), out_shardings=(replicated, replicated))
+  shardings = dict(in_shardings=(layout, parallel.batch_sharding(setup.mesh), replicated),
+                   out_shardings=(layout, replicated))
   train_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=True, **common)
   eval_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=False, **common)
   return jax.jit(train_step, donate_argnums=0, **shardings), jax.jit(eval_step, **shardings)
@@ -186,10 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   t = config.training
   setup = build(config, devices)
   ckpt = checkpoint.Checkpointer(workdir)
-  state = init_state(config, setup)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state = restored[0]
+  restored = ckpt.restore_latest(abstract_state(config, setup))
+  state = init_state(config, setup) if restored is None else restored[0]
   start = int(state.step)
   train_step, eval_step = get_step_fns(config, setup)
   sample_fn = _sharded_sample_fn(config, setup) if t.snapshot_sampling else None
