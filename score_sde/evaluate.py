@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
-from score_sde import checkpoint, datasets, likelihood, losses, models, sampling, testing
+from score_sde import checkpoint, datasets, likelihood, losses, models, parallel, sampling, testing
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -76,26 +77,74 @@ def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.M
   return logp_fn
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """`tree` of arrays and PRNG keys, the same on every process, held whole by every device of `mesh`.
+
+  Leaves go through host copies (`parallel.fetch`, which also gathers leaves sharded over processes,
+  e.g. FSDP parameters): a multi-process `device_put` accepts only host or uncommitted values.
+  """
+  def to_mesh(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      data = parallel.replicate(parallel.fetch(jax.random.key_data(leaf)), mesh)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    return parallel.replicate(parallel.fetch(leaf), mesh)
+  return jax.tree.map(to_mesh, tree)
+
+
+def split_batches(config: ml_collections.ConfigDict, split: str, batch_size: int, mesh: Mesh,
+                  num_examples: int = 0) -> Iterator[tuple[Array, int]]:
+  """(global batch of `batch_size` examples split over `mesh`, number of real examples) for each batch.
+
+  One ordered pass over the first `num_examples` (0: all) examples of `split`, in [0, 1] (with
+  data.uniform_dequantization, the noise of batch k depends only on (config.seed, split, k)). The
+  last batch is padded by repeating its last example, so every batch has one compiled shape. Each
+  process contributes its own rows (`parallel.process_rows`) to the global array; it reads whole
+  batches, as `datasets.get_dataset` selects rows only of repeated streams.
+  """
+  rows = parallel.process_rows(batch_size, mesh)
+  seen = 0
+  for batch in datasets.get_dataset(config, split, batch_size=batch_size, repeat=False):
+    x = batch["image"][:num_examples - seen] if num_examples else batch["image"]
+    padded = np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), axis=0)])
+    yield parallel.global_batch(padded[rows], mesh), len(x)
+    seen += len(x)
+    if num_examples and seen >= num_examples:
+      return
+
+
+def map_over_split(rng: Array, batch_fn: Callable[[Array, Any, Array], Any], params,
+                   batches: Iterable[tuple[Array, int]], mesh: Mesh) -> Iterator[tuple[Any, int]]:
+  """(batch_fn(fold_in(rng, k), params, x_k) fetched to every process, count_k) for the batches (x_k, count_k).
+
+  The key of batch k depends only on (rng, k) and the batches are the same global arrays however
+  many processes hold them, so P processes give the results of one process with as many devices.
+  Random draws do not depend on the devices either (partitionable threefry); a different number of
+  devices changes only float rounding, which an adaptive solve can amplify up to its tolerance.
+  Rows from count_k on are padding.
+  """
+  rng, params = replicate(rng, mesh), replicate(params, mesh)
+  for k, (x, count) in enumerate(batches):
+    yield parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params, x)), count
+
+
 def bits_per_dim_over_split(rng: Array, config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module,
-                            params, split: str = "test", num_examples: int = 0) -> tuple[np.ndarray, int]:
+                            params, split: str = "test", num_examples: int = 0, *, batch_size: int | None = None,
+                            mesh: Mesh | None = None) -> tuple[np.ndarray, int]:
   """Per-example bits/dim of the first `num_examples` (0: all) examples of `split`, and the total NFE.
 
-  With data.uniform_dequantization the examples are dequantized once ((y + u) / 256), so the mean
-  is an upper bound on the discrete negative log-likelihood in bits/dim.
+  Batches of `batch_size` (default config.eval.batch_size) examples are split over `mesh` (default:
+  all devices of all processes); every process returns all the results. With
+  data.uniform_dequantization the examples are dequantized once ((y + u) / 256), so the mean is an
+  upper bound on the discrete negative log-likelihood in bits/dim.
   """
-  logp_fn = get_logp_fn(config, sde, model)
+  mesh = parallel.get_mesh() if mesh is None else mesh
+  batches = split_batches(config, split, batch_size or config.eval.batch_size, mesh, num_examples)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
-  batch_size = config.eval.batch_size
-  results, total_nfe, seen = [], 0, 0
-  for k, batch in enumerate(datasets.get_dataset(config, split, batch_size=batch_size, repeat=False)):
-    x = batch["image"][:num_examples - seen] if num_examples else batch["image"]
-    padded = np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), axis=0)])  # one compiled shape
-    logp, nfe = logp_fn(jax.random.fold_in(rng, k), params, jnp.asarray(padded))
-    bpd = likelihood.bits_per_dim(logp, x.shape[1:], inverse_scaler=inverse_scaler)
-    results.append(np.asarray(bpd)[:len(x)])
-    total_nfe, seen = total_nfe + int(nfe), seen + len(x)
-    if num_examples and seen >= num_examples:
-      break
+  results, total_nfe = [], 0
+  for (logp, nfe), count in map_over_split(rng, get_logp_fn(config, sde, model), params, batches, mesh):
+    results.append(np.asarray(likelihood.bits_per_dim(logp[:count], datasets.data_shape(config),
+                                                      inverse_scaler=inverse_scaler)))
+    total_nfe += int(nfe)
   return np.concatenate(results), total_nfe
 
 

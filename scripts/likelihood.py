@@ -5,7 +5,12 @@ The exact likelihood comes from the probability-flow ODE (likelihood.log_likelih
 divergence, tolerances config.eval.rtol/atol); --elbo also reports the DDPM variational bound
 (likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model. With
 data.uniform_dequantization each repeat draws new dequantization noise and new probes. Each batch
-is split over all devices. The result goes to <workdir>/eval/bpd_<split>_<step>.json.
+is split over all devices of all processes; the noise and probes of batch k depend only on
+(--seed, repeat, k), so any number of processes gives the same result. Several processes: run it
+on each with the flags of score_sde/launch.py (--coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I, or --distributed). Process 0 writes the summary to
+<workdir>/eval/bpd_<split>_<step>.json (and prints it) and the per-example bits/dim
+[num_repeats, num_examples] to bpd_<split>_<step>.npz (ode_bpd, elbo_bpd).
 """
 import json
 import pathlib
@@ -14,12 +19,11 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root: `configs`
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from score_sde import checkpoint, datasets, evaluate, likelihood, models, parallel  # noqa: E402
+from score_sde import checkpoint, datasets, evaluate, launch, likelihood, models, parallel  # noqa: E402
 from score_sde import sde as sde_lib  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training directory holding checkpoints/ and checkpoints-meta/")
@@ -33,34 +37,72 @@ flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
 flags.DEFINE_integer("elbo_timesteps", 64, "Monte-Carlo draws of the chain step per example for --elbo (0: all)")
 flags.DEFINE_bool("use_ema", True, "evaluate the EMA parameters (else the raw ones)")
 flags.DEFINE_integer("seed", 0, "PRNG seed of the probes and dequantization")
+launch.define_flags()
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
-def get_elbo_bpd_fn(config, sde, model):
-  """Jitted (rng, params, x in [0, 1]) -> DDPM-ELBO bits/dim [B]."""
-  scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
+def get_elbo_fn(config, sde, model):
+  """Jitted (rng, params, x in [0, 1]) -> DDPM ELBO in nats [B]."""
+  scaler = datasets.get_data_scaler(config)
 
   @jax.jit
-  def elbo_bpd_fn(rng, params, x):
+  def elbo_fn(rng, params, x):
     score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    bound = likelihood.ddpm_elbo(rng, score_fn, sde, scaler(x), num_steps=FLAGS.elbo_steps,
-                                 num_timesteps=FLAGS.elbo_timesteps or None)
-    return bound
+    return likelihood.ddpm_elbo(rng, score_fn, sde, scaler(x), num_steps=FLAGS.elbo_steps,
+                                num_timesteps=FLAGS.elbo_timesteps or None)
 
-  return lambda rng, params, x: likelihood.bits_per_dim(elbo_bpd_fn(rng, params, x), x.shape[1:],
-                                                        inverse_scaler=inverse_scaler)
+  return elbo_fn
 
 
-def _summary(values: list[np.ndarray]) -> dict:
-  """Mean and standard error over examples of the per-example mean over repeats."""
-  per_example = np.mean(np.stack(values), axis=0)
+def get_batch_fn(config, sde, model):
+  """(rng, params, x in [0, 1]) -> {"ode": log p in nats [B], "elbo": the DDPM ELBO [B] with --elbo}."""
+  logp_fn = evaluate.get_logp_fn(config, sde, model)
+  elbo_fn = get_elbo_fn(config, sde, model) if FLAGS.elbo else None
+
+  def batch_fn(rng, params, x):
+    bounds = {"ode": logp_fn(rng, params, x)[0]}
+    if elbo_fn is not None:
+      bounds["elbo"] = elbo_fn(rng, params, x)
+    return bounds
+
+  return batch_fn
+
+
+def _summary(values: np.ndarray) -> dict:
+  """Mean and standard error over examples of the per-example mean over repeats of values [R, N]."""
+  per_example = np.mean(values, axis=0)
   return {"mean": float(per_example.mean()), "stderr": float(per_example.std(ddof=1) / np.sqrt(len(per_example)))
           if len(per_example) > 1 else 0.0, "num_examples": int(len(per_example))}
 
 
+def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int) -> dict[str, np.ndarray]:
+  """Per-example bits/dim [num_repeats, num_examples] of each bound of `batch_fn`."""
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  rng = jax.random.key(FLAGS.seed)
+  results = {}
+  for repeat in range(FLAGS.num_repeats):
+    config.unlock()
+    config.seed = FLAGS.seed + repeat  # fresh dequantization noise for each repeat
+    batches = evaluate.split_batches(config, FLAGS.split, batch_size, mesh, FLAGS.num_examples)
+    outputs = evaluate.map_over_split(jax.random.fold_in(rng, repeat), batch_fn, params, batches, mesh)
+    progress = tqdm.tqdm(outputs, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
+                         unit="batch", disable=not parallel.is_main_process())
+    bpd = {}
+    for bounds, count in progress:
+      for name, nats in bounds.items():
+        bpd.setdefault(name, []).append(np.asarray(likelihood.bits_per_dim(
+            nats[:count], datasets.data_shape(config), inverse_scaler=inverse_scaler)))
+      running = np.concatenate(bpd["ode"])
+      progress.set_postfix(bpd=f"{running.mean():.3f}±{running.std() / np.sqrt(len(running)):.3f}")
+    for name, values in bpd.items():
+      results.setdefault(name, []).append(np.concatenate(values))
+  return {name: np.stack(values) for name, values in results.items()}
+
+
 def main(argv):
   del argv
+  launch.initialize(FLAGS)
   try:
     config, state, step = evaluate.restore_run(FLAGS.workdir, FLAGS.checkpoint)
   except checkpoint.CheckpointError as e:
@@ -70,49 +112,21 @@ def main(argv):
   batch_size = FLAGS.batch_size or config.eval.batch_size
   mesh = parallel.get_mesh()
   if batch_size % mesh.size:
-    sys.exit(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices")
-  params = parallel.replicate(params, mesh)
-  logp_fn = evaluate.get_logp_fn(config, sde, model)
-  elbo_fn = get_elbo_bpd_fn(config, sde, model) if FLAGS.elbo else None
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
-  rng = jax.random.key(FLAGS.seed)
-  ode_bpd, elbo_bpd = [], []
-  for repeat in range(FLAGS.num_repeats):
-    config.unlock()
-    config.seed = FLAGS.seed + repeat  # fresh dequantization noise for each repeat
-    batches = datasets.get_dataset(config, FLAGS.split, batch_size=batch_size, repeat=False)
-    ode, elbo, seen = [], [], 0
-    progress = tqdm.tqdm(batches, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
-                         unit="batch")
-    for k, batch in enumerate(progress):
-      x = batch["image"][:FLAGS.num_examples - seen] if FLAGS.num_examples else batch["image"]
-      padded = np.concatenate([x, np.repeat(x[-1:], batch_size - len(x), axis=0)])  # one compiled shape
-      key = jax.random.fold_in(jax.random.fold_in(rng, repeat), k)
-      padded = jax.device_put(jnp.asarray(padded), parallel.batch_sharding(mesh))
-      logp, _ = logp_fn(key, params, padded)
-      ode.append(np.asarray(likelihood.bits_per_dim(logp, x.shape[1:], inverse_scaler=inverse_scaler))[:len(x)])
-      if elbo_fn is not None:
-        elbo.append(np.asarray(elbo_fn(key, params, padded))[:len(x)])
-      seen += len(x)
-      running = np.concatenate(ode)
-      progress.set_postfix(bpd=f"{running.mean():.3f}±{running.std() / np.sqrt(len(running)):.3f}")
-      if FLAGS.num_examples and seen >= FLAGS.num_examples:
-        break
-    ode_bpd.append(np.concatenate(ode))
-    if elbo:
-      elbo_bpd.append(np.concatenate(elbo))
+    sys.exit(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
+  bpd = bits_per_dim_over_repeats(config, get_batch_fn(config, sde, model), params, mesh, batch_size)
   result = {"workdir": str(FLAGS.workdir), "step": int(step), "split": FLAGS.split, "ema": FLAGS.use_ema,
-            "num_repeats": FLAGS.num_repeats, "ode_bpd": _summary(ode_bpd), "rtol": config.eval.rtol,
+            "num_repeats": FLAGS.num_repeats, "ode_bpd": _summary(bpd["ode"]), "rtol": config.eval.rtol,
             "atol": config.eval.atol}
-  if elbo_bpd:
-    result["ddpm_elbo_bpd"] = {**_summary(elbo_bpd), "num_steps": FLAGS.elbo_steps,
+  if FLAGS.elbo:
+    result["ddpm_elbo_bpd"] = {**_summary(bpd["elbo"]), "num_steps": FLAGS.elbo_steps,
                                "num_timesteps": FLAGS.elbo_timesteps}
   if parallel.is_main_process():
-    out = pathlib.Path(FLAGS.workdir) / "eval" / f"bpd_{FLAGS.split}_{step}.json"
+    out = pathlib.Path(FLAGS.workdir) / "eval" / f"bpd_{FLAGS.split}_{step}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    np.savez(out.with_suffix(".npz"), **{f"{name}_bpd": values for name, values in bpd.items()})
     print(json.dumps(result, indent=2))
-    print(f"written to {out}")
+    print(f"written to {out}.json (per-example bits/dim [num_repeats, num_examples]: {out}.npz)")
 
 
 if __name__ == "__main__":

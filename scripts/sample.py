@@ -12,6 +12,10 @@ Conditioning (score_sde/controllable.py):
                                          bottom_half, center); each grid cell shows the original,
                                          the observed part and the sample from top to bottom
   --colorize                             colorize the gray levels of 3-channel test images
+Each batch is split over all devices of all processes and gathered; the samples depend only on
+(--seed, batch index), not on the number of processes. Several processes: run it on each with the
+flags of score_sde/launch.py (--coordinator_address=HOST0:PORT --num_processes=N --process_id=I, or
+--distributed); process 0 writes the files.
 """
 import pathlib
 import sys
@@ -24,7 +28,7 @@ import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from score_sde import checkpoint, controllable, datasets, evaluate, models, sampling  # noqa: E402
+from score_sde import checkpoint, controllable, datasets, evaluate, launch, models, parallel, sampling, train  # noqa: E402
 from score_sde import sde as sde_lib  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training directory holding checkpoints/ and checkpoints-meta/")
@@ -40,6 +44,7 @@ flags.DEFINE_float("guidance_scale", 1.0, "guidance scale w")
 flags.DEFINE_string("classifier_workdir", None, "workdir of scripts/train_classifier.py (classifier guidance)")
 flags.DEFINE_enum("inpaint", None, ["right_half", "bottom_half", "center"], "region of the test images to inpaint")
 flags.DEFINE_bool("colorize", False, "colorize gray test images")
+launch.define_flags()
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -78,31 +83,33 @@ def sampler_options(config, method: str, accepted) -> dict:
   return {k: v for k, v in candidates.items() if k in accepted and v is not None}
 
 
-def class_score_fn(config, sde, model, params, labels):
-  """The guided score for --class_label: classifier-free (conditional model) or classifier guidance."""
+def score_fn_factory(config, sde, model, labels, classifier):
+  """(params, classifier_params) -> the score to sample: unguided, classifier-free or classifier guided.
+
+  `labels` [B] (None: unguided) are the --class_label of every sample; `classifier` is the network of
+  --classifier_workdir (None: classifier-free guidance of a class-conditional model).
+  """
   continuous = config.training.continuous
-  if FLAGS.classifier_workdir:
-    clf_config, classifier, clf_params, _ = restore(FLAGS.classifier_workdir, None)
-    if clf_config.model.name != "noise_classifier":
-      sys.exit(f"{FLAGS.classifier_workdir} holds a {clf_config.model.name!r}, not a noise_classifier")
+
+  def make_score_fn(params, classifier_params):
+    if labels is None:
+      return models.get_score_fn(sde, model, params, continuous=continuous)
+    if classifier is None:
+      return controllable.classifier_free_model_score_fn(sde, model, params, labels, FLAGS.guidance_scale,
+                                                         continuous=continuous)
     score_fn = models.get_score_fn(sde, model, params, continuous=continuous)
-    log_probs_fn = controllable.classifier_log_probs_fn(classifier, clf_params)
+    log_probs_fn = controllable.classifier_log_probs_fn(classifier, classifier_params)
     return controllable.classifier_guided_score_fn(score_fn, log_probs_fn, labels, FLAGS.guidance_scale)
-  if not config.model.num_classes:
-    sys.exit("--class_label needs a class-conditional model (model.num_classes > 0) or --classifier_workdir")
-  return controllable.classifier_free_model_score_fn(sde, model, params, labels, FLAGS.guidance_scale,
-                                                     continuous=continuous)
+
+  return make_score_fn
 
 
-def observations(config, batch: dict) -> tuple[np.ndarray, controllable.Observation]:
-  """A batch of test images in model space and the condition (--inpaint mask or --colorize) observing them."""
-  images = jnp.asarray(datasets.get_data_scaler(config)(batch["image"]))
+def observe(images):
+  """The condition (--inpaint mask or --colorize) observing test images in model space."""
   if FLAGS.colorize:
-    if images.shape[-1] != 3:
-      sys.exit(f"--colorize needs 3-channel images, the dataset has {images.shape[-1]}")
-    return images, controllable.colorization(jnp.mean(images, axis=-1, keepdims=True))
+    return controllable.colorization(jnp.mean(images, axis=-1, keepdims=True))
   mask = MASKS[FLAGS.inpaint](*images.shape[1:3]).astype(np.float32)[None, :, :, None]
-  return images, controllable.inpainting(images, mask)
+  return controllable.inpainting(images, mask)
 
 
 def observed_view(images, condition: controllable.Observation) -> np.ndarray:
@@ -112,53 +119,102 @@ def observed_view(images, condition: controllable.Observation) -> np.ndarray:
   return np.asarray(images * condition.mask + (1 - condition.mask) * 0.5 * (images.min() + images.max()))
 
 
+def get_draw_fn(config, sde, method: str, shape, make_score_fn, mesh):
+  """Jitted (key, params, classifier_params, test images in [0, 1] or None) -> (samples in [0, 1], nfe).
+
+  The samples are split over `mesh` along the batch axis; with test images it solves the inverse
+  problem of --inpaint / --colorize.
+  """
+  scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
+  inverse = FLAGS.inpaint is not None or FLAGS.colorize
+  accepted = controllable.inverse_options_of(method) if inverse else sampling.options_of(method)
+  options = sampler_options(config, method, accepted)
+
+  def draw(key, params, classifier_params, images):
+    score_fn = make_score_fn(params, classifier_params)
+    if images is None:
+      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
+    else:
+      x, nfe = controllable.sample_conditional(key, score_fn, sde, shape, observe(scaler(images)),
+                                               method=method, **options)
+    return inverse_scaler(x), nfe
+
+  return jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+
+
+def check_flags(config, batch: int, mesh) -> None:
+  """Exits with the reason if the flags do not fit the model, the data or the devices."""
+  if batch % mesh.size:
+    sys.exit(f"the batch of {batch} samples (min(--batch_size, --num)) is not divisible by the {mesh.size} "
+             "devices of all processes")
+  if FLAGS.colorize and config.data.num_channels != 3:
+    sys.exit(f"--colorize needs 3-channel images, the dataset has {config.data.num_channels}")
+  if FLAGS.class_label is not None and not FLAGS.classifier_workdir and not config.model.num_classes:
+    sys.exit("--class_label needs a class-conditional model (model.num_classes > 0) or --classifier_workdir")
+
+
+def restore_classifier():
+  """(classifier network, its params) of --classifier_workdir, or (None, None) without it."""
+  if not FLAGS.classifier_workdir:
+    return None, None
+  clf_config, classifier, clf_params, _ = restore(FLAGS.classifier_workdir, None)
+  if clf_config.model.name != "noise_classifier":
+    sys.exit(f"{FLAGS.classifier_workdir} holds a {clf_config.model.name!r}, not a noise_classifier")
+  return classifier, clf_params
+
+
+def write(config, out: pathlib.Path, arrays: dict) -> pathlib.Path:
+  """Writes <out>/<name>.npz and .png (a grid or scatter plot of the samples; original/observed/sample cells
+  for inverse problems); returns <out>/<name>."""
+  inverse = FLAGS.inpaint is not None or FLAGS.colorize
+  name = "colorization" if FLAGS.colorize else f"inpainting_{FLAGS.inpaint}" if inverse else "samples"
+  out.mkdir(parents=True, exist_ok=True)
+  if inverse:  # one cell per example: original, observed and sample from top to bottom
+    triplets = np.concatenate([arrays["originals"], arrays["observed"], arrays["samples"]], axis=1)
+    evaluate.save_image_grid(out / f"{name}.png", triplets)
+  else:
+    train.save_samples(config, arrays["samples"], out / f"{name}.png")
+  np.savez(out / f"{name}.npz", **arrays)
+  return out / name
+
+
 def main(argv):
   del argv
+  launch.initialize(FLAGS)
   config, model, params, step = restore(FLAGS.workdir, FLAGS.step)
   sde = sde_lib.get_sde(config)
   method = FLAGS.method or config.sampling.method
   inverse = FLAGS.inpaint is not None or FLAGS.colorize
-  out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "samples_cli")
-  out.mkdir(parents=True, exist_ok=True)
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  mesh = parallel.get_mesh()
   batch = min(FLAGS.batch_size, FLAGS.num)
-  shape = (batch,) + datasets.data_shape(config)
-  labels = None if FLAGS.class_label is None else jnp.full((batch,), FLAGS.class_label, jnp.int32)
-  if labels is not None:
-    score_fn = class_score_fn(config, sde, model, params, labels)
-  else:
-    score_fn = models.get_score_fn(sde, model, params, continuous=config.training.continuous)
-  rng = jax.random.key(FLAGS.seed)
-  test_batches = datasets.get_dataset(config, "test", batch_size=batch) if inverse else None
-  samples, originals, observed, total_nfe = [], [], [], 0
-  for k in tqdm.trange(-(-FLAGS.num // batch), desc=f"sampling ({method})", unit="batch"):
-    key = jax.random.fold_in(rng, k)
+  check_flags(config, batch, mesh)
+  labels = None if FLAGS.class_label is None else np.full(batch, FLAGS.class_label, np.int32)
+  classifier, classifier_params = restore_classifier()
+  make_score_fn = score_fn_factory(config, sde, model, labels, classifier)
+  draw = get_draw_fn(config, sde, method, (batch,) + datasets.data_shape(config), make_score_fn, mesh)
+  rng, params, classifier_params = evaluate.replicate((jax.random.key(FLAGS.seed), params, classifier_params), mesh)
+  test_batches = (datasets.get_dataset(config, "test", batch_size=batch, rows=parallel.process_rows(batch, mesh))
+                  if inverse else None)
+  samples, originals, observed, total_nfe = [], [], [], 0.0
+  num_batches = -(-FLAGS.num // batch)
+  for k in tqdm.trange(num_batches, desc=f"sampling ({method})", unit="batch", disable=not parallel.is_main_process()):
+    images = parallel.global_batch(next(test_batches)["image"], mesh) if inverse else None
+    x, nfe = parallel.fetch(draw(jax.random.fold_in(rng, k), params, classifier_params, images))
+    samples.append(x)
+    total_nfe += float(np.mean(nfe))
     if inverse:
-      images, condition = observations(config, next(test_batches))
-      options = sampler_options(config, method, controllable.inverse_options_of(method))
-      x, nfe = controllable.sample_conditional(key, score_fn, sde, shape, condition, method=method, **options)
-      originals.append(np.asarray(inverse_scaler(images)))
-      observed.append(np.asarray(inverse_scaler(observed_view(images, condition))))
-    else:
-      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method,
-                               **sampler_options(config, method, sampling.options_of(method)))
-    samples.append(np.asarray(inverse_scaler(x)))
-    total_nfe += float(jnp.mean(nfe))
-  samples = np.concatenate(samples)[:FLAGS.num]
-  arrays = {"samples": samples}
+      images = parallel.fetch(images)
+      originals.append(images)
+      observed.append(np.asarray(observed_view(images, observe(images))))
+  arrays = {"samples": np.concatenate(samples)[:FLAGS.num]}
   if labels is not None:
-    arrays["labels"] = np.full(len(samples), FLAGS.class_label)
-  name = "colorization" if FLAGS.colorize else f"inpainting_{FLAGS.inpaint}" if inverse else "samples"
+    arrays["labels"] = np.full(FLAGS.num, FLAGS.class_label)
   if inverse:
     arrays.update(originals=np.concatenate(originals)[:FLAGS.num], observed=np.concatenate(observed)[:FLAGS.num])
-    # One cell per example: original, observed and sample from top to bottom.
-    triplets = np.concatenate([arrays["originals"], arrays["observed"], samples], axis=1)
-    evaluate.save_image_grid(out / f"{name}.png", triplets)
-  else:
-    evaluate.save_image_grid(out / f"{name}.png", samples)
-  np.savez(out / f"{name}.npz", **arrays)
-  print(f"step {step}: {len(samples)} samples, {total_nfe / -(-FLAGS.num // batch):.0f} score evaluations per "
-        f"batch, written to {out / name}.npz and .png")
+  if parallel.is_main_process():
+    path = write(config, pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "samples_cli"), arrays)
+    print(f"step {step}: {FLAGS.num} samples, {total_nfe / num_batches:.0f} score evaluations per batch, "
+          f"written to {path}.npz and .png")
 
 
 if __name__ == "__main__":

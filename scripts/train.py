@@ -11,25 +11,18 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from score_sde import configs_util, parallel, train  # noqa: E402
+from score_sde import configs_util, launch, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "leaf config file, e.g. configs/toy/vp_mlp.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, TensorBoard events and samples")
-flags.DEFINE_bool("distributed", False, "join the other hosts found by JAX (TPU pod, Slurm, Open MPI)")
-flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (or $JAX_COORDINATOR_ADDRESS)")
-flags.DEFINE_integer("num_processes", None, "multi-host: the number of processes")
-flags.DEFINE_integer("process_id", None, "multi-host: this process's id in [0, num_processes)")
+launch.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  try:
-    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                        auto_detect=FLAGS.distributed)
-  except ValueError as e:
-    sys.exit(f"distributed setup error: {e}")
+  launch.initialize(FLAGS)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (train.NonFiniteLossError, train.checkpoint.CheckpointError) as e:
