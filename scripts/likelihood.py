@@ -82,8 +82,9 @@ def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int) -
   rng = jax.random.key(FLAGS.seed)
   results = {}
   for repeat in range(FLAGS.num_repeats):
-    config.unlock()
-    config.seed = FLAGS.seed + repeat  # fresh dequantization noise for each repeat
+    if config.data.uniform_dequantization:  # fresh noise for each repeat; the seed also draws toy test sets
+      config.unlock()
+      config.seed = FLAGS.seed + repeat
     batches = evaluate.split_batches(config, FLAGS.split, batch_size, mesh, FLAGS.num_examples)
     outputs = evaluate.map_over_split(jax.random.fold_in(rng, repeat), batch_fn, params, batches, mesh)
     progress = tqdm.tqdm(outputs, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
