@@ -77,20 +77,6 @@ def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.M
   return logp_fn
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-  """`tree` of arrays and PRNG keys, the same on every process, held whole by every device of `mesh`.
-
-  Leaves go through host copies (`parallel.fetch`, which also gathers leaves sharded over processes,
-  e.g. FSDP parameters): a multi-process `device_put` accepts only host or uncommitted values.
-  """
-  def to_mesh(leaf):
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      data = parallel.replicate(parallel.fetch(jax.random.key_data(leaf)), mesh)
-      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-    return parallel.replicate(parallel.fetch(leaf), mesh)
-  return jax.tree.map(to_mesh, tree)
-
-
 def split_batches(config: ml_collections.ConfigDict, split: str, batch_size: int, mesh: Mesh,
                   num_examples: int = 0) -> Iterator[tuple[Array, int]]:
   """(global batch of `batch_size` examples split over `mesh`, number of real examples) for each batch.
@@ -122,7 +108,7 @@ def map_over_split(rng: Array, batch_fn: Callable[[Array, Any, Array], Any], par
   devices changes only float rounding, which an adaptive solve can amplify up to its tolerance.
   Rows from count_k on are padding.
   """
-  rng, params = replicate(rng, mesh), replicate(params, mesh)
+  rng, params = parallel.replicate(rng, mesh), parallel.replicate(params, mesh)
   for k, (x, count) in enumerate(batches):
     yield parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params, x)), count
 

@@ -132,8 +132,17 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """`tree` (the same on every process) placed whole on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """`tree` of arrays and PRNG keys, the same on every process, held whole by every device of `mesh`.
+
+  Leaves go through host copies (`fetch`, which also gathers leaves sharded over processes, e.g.
+  FSDP parameters): a multi-process `device_put` accepts only host or uncommitted values.
+  """
+  def to_mesh(leaf):
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      data = jax.device_put(fetch(jax.random.key_data(leaf)), replicated(mesh))
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    return jax.device_put(fetch(leaf), replicated(mesh))
+  return jax.tree.map(to_mesh, tree)
 
 
 def fetch(tree: Any) -> Any:

@@ -192,7 +192,7 @@ def main(argv):
   classifier, classifier_params = restore_classifier()
   make_score_fn = score_fn_factory(config, sde, model, labels, classifier)
   draw = get_draw_fn(config, sde, method, (batch,) + datasets.data_shape(config), make_score_fn, mesh)
-  rng, params, classifier_params = evaluate.replicate((jax.random.key(FLAGS.seed), params, classifier_params), mesh)
+  rng, params, classifier_params = parallel.replicate((jax.random.key(FLAGS.seed), params, classifier_params), mesh)
   test_batches = (datasets.get_dataset(config, "test", batch_size=batch, rows=parallel.process_rows(batch, mesh))
                   if inverse else None)
   samples, originals, observed, total_nfe = [], [], [], 0.0
