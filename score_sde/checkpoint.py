@@ -18,6 +18,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from score_sde import configs_util
+
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-meta"
 
@@ -109,7 +111,7 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None, *, templat
     meta_file = pathlib.Path(workdir) / kind / str(step) / "meta" / "metadata"
     if not meta_file.exists():
       raise CheckpointError(f"no checkpoint at step {step} in {workdir}")
-    config = ml_collections.ConfigDict(json.loads(meta_file.read_text())["config"])
+    config = configs_util.with_defaults(json.loads(meta_file.read_text())["config"])
     state, _ = ckpt.restore(step, template_fn(config), kind=kind)
   finally:
     ckpt.close()

@@ -74,6 +74,27 @@ def _with_repo_on_path() -> None:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved config, plus every field added to `configs/base.py` since, at its default.
+
+  A run written before a field existed (e.g. `data.prefetch`) then restores, samples and resumes
+  with the behaviour that field's default gives.
+  """
+  _with_repo_on_path()
+  from configs import base  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict(saved)
+
+  def fill(target: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    for name, default in defaults.items():
+      if name not in target:
+        target[name] = default
+      elif isinstance(default, ml_collections.ConfigDict):
+        fill(target[name], default)
+
+  fill(config, base.get_base_config())
+  return config
+
+
 def parse_config_flags(argv: Sequence[str], flag_values: flags.FlagValues) -> list[str]:
   """absl flags parser for scripts: turns an unknown config field into a one-line error and exit."""
   _with_repo_on_path()

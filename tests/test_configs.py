@@ -1,4 +1,5 @@
 """Configs: every leaf loads, validates and builds its network; typos and bad values fail at start-up."""
+import json
 import pathlib
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from configs import base
 from score_sde import configs_util, datasets, models
 from score_sde import sde as sde_lib
 
@@ -68,3 +70,14 @@ def test_train_script_fails_fast_on_a_typo(tmp_path):
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()  # nothing was started
   assert time.perf_counter() - start < 60
+
+
+def test_a_saved_config_gains_the_fields_added_since_with_their_defaults():
+  """A run saved before `data.prefetch` and `training.fsdp_size` existed restores with their defaults."""
+  saved = base.get_base_config().to_dict()
+  del saved["data"]["prefetch"], saved["training"]["fsdp_size"]
+  saved["optim"]["lr"] = 3e-3
+  config = configs_util.with_defaults(json.loads(json.dumps(saved)))  # as read back from the checkpoint's JSON
+  assert config.data.prefetch == base.get_base_config().data.prefetch
+  assert config.training.fsdp_size == 1
+  assert config.optim.lr == 3e-3 and config.model.ch_mult == [1, 2, 2, 2]
