@@ -3,14 +3,15 @@
 
 The exact likelihood comes from the probability-flow ODE (likelihood.log_likelihood, Hutchinson
 divergence, tolerances config.eval.rtol/atol); --elbo also reports the DDPM variational bound
-(likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model. With
+(likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model; --noode --elbo
+computes the bound alone (K network evaluations per example instead of an ODE solve). With
 data.uniform_dequantization each repeat draws new dequantization noise and new probes. Each batch
 is split over all devices of all processes; the noise and probes of batch k depend only on
 (--seed, repeat, k), so any number of processes gives the same result. Several processes: run it
 on each with the flags of score_sde/launch.py (--coordinator_address=HOST0:PORT --num_processes=N
 --process_id=I, or --distributed). Process 0 writes the summary to
-<workdir>/eval/bpd_<split>_<step>.json (and prints it) and the per-example bits/dim
-[num_repeats, num_examples] to bpd_<split>_<step>.npz (ode_bpd, elbo_bpd).
+<workdir>/eval/bpd_<split>_<step>[_first<num_examples>].json (and prints it) and the per-example
+bits/dim [num_repeats, num_examples] to the .npz of the same name (ode_bpd, elbo_bpd).
 """
 import json
 import pathlib
@@ -32,6 +33,7 @@ flags.DEFINE_enum("split", "test", ["train", "test"], "data split")
 flags.DEFINE_integer("num_examples", 0, "examples of the split to evaluate (0: all)")
 flags.DEFINE_integer("num_repeats", 1, "passes over the split, each with fresh dequantization noise and probes")
 flags.DEFINE_integer("batch_size", None, "examples per batch (default: config.eval.batch_size)")
+flags.DEFINE_bool("ode", True, "compute bits/dim through the probability-flow ODE (--noode: the ELBO alone)")
 flags.DEFINE_bool("elbo", False, "also compute the DDPM ELBO bound in bits/dim")
 flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
 flags.DEFINE_integer("elbo_timesteps", 64, "Monte-Carlo draws of the chain step per example for --elbo (0: all)")
@@ -56,12 +58,14 @@ def get_elbo_fn(config, sde, model):
 
 
 def get_batch_fn(config, sde, model):
-  """(rng, params, x in [0, 1]) -> {"ode": log p in nats [B], "elbo": the DDPM ELBO [B] with --elbo}."""
-  logp_fn = evaluate.get_logp_fn(config, sde, model)
+  """(rng, params, x in [0, 1]) -> {"ode": log p in nats [B] with --ode, "elbo": the DDPM ELBO [B] with --elbo}."""
+  logp_fn = evaluate.get_logp_fn(config, sde, model) if FLAGS.ode else None
   elbo_fn = get_elbo_fn(config, sde, model) if FLAGS.elbo else None
 
   def batch_fn(rng, params, x):
-    bounds = {"ode": logp_fn(rng, params, x)[0]}
+    bounds = {}
+    if logp_fn is not None:
+      bounds["ode"] = logp_fn(rng, params, x)[0]
     if elbo_fn is not None:
       bounds["elbo"] = elbo_fn(rng, params, x)
     return bounds
@@ -94,7 +98,7 @@ def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int) -
       for name, nats in bounds.items():
         bpd.setdefault(name, []).append(np.asarray(likelihood.bits_per_dim(
             nats[:count], datasets.data_shape(config), inverse_scaler=inverse_scaler)))
-      running = np.concatenate(bpd["ode"])
+      running = np.concatenate(next(iter(bpd.values())))
       progress.set_postfix(bpd=f"{running.mean():.3f}±{running.std() / np.sqrt(len(running)):.3f}")
     for name, values in bpd.items():
       results.setdefault(name, []).append(np.concatenate(values))
@@ -104,6 +108,8 @@ def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int) -
 def main(argv):
   del argv
   launch.initialize(FLAGS)
+  if not (FLAGS.ode or FLAGS.elbo):
+    sys.exit("--noode without --elbo leaves nothing to compute")
   try:
     config, state, step = evaluate.restore_run(FLAGS.workdir, FLAGS.checkpoint)
   except checkpoint.CheckpointError as e:
@@ -116,13 +122,15 @@ def main(argv):
     sys.exit(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
   bpd = bits_per_dim_over_repeats(config, get_batch_fn(config, sde, model), params, mesh, batch_size)
   result = {"workdir": str(FLAGS.workdir), "step": int(step), "split": FLAGS.split, "ema": FLAGS.use_ema,
-            "num_repeats": FLAGS.num_repeats, "ode_bpd": _summary(bpd["ode"]), "rtol": config.eval.rtol,
-            "atol": config.eval.atol}
+            "num_repeats": FLAGS.num_repeats}
+  if FLAGS.ode:
+    result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol)
   if FLAGS.elbo:
     result["ddpm_elbo_bpd"] = {**_summary(bpd["elbo"]), "num_steps": FLAGS.elbo_steps,
                                "num_timesteps": FLAGS.elbo_timesteps}
   if parallel.is_main_process():
-    out = pathlib.Path(FLAGS.workdir) / "eval" / f"bpd_{FLAGS.split}_{step}"
+    subset = f"_first{FLAGS.num_examples}" if FLAGS.num_examples else ""
+    out = pathlib.Path(FLAGS.workdir) / "eval" / f"bpd_{FLAGS.split}_{step}{subset}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     np.savez(out.with_suffix(".npz"), **{f"{name}_bpd": values for name, values in bpd.items()})

@@ -98,7 +98,7 @@ def test_likelihood_on_two_processes_equals_one_process(run_dir, tmp_path):
   one = _launch("likelihood.py", [[f"--workdir={workdirs[0]}", *options]], devices_per_process=2)
   two = _launch("likelihood.py", [[f"--workdir={w}", *options] for w in workdirs[1:]])
   outputs = _outputs(one + two)
-  name = f"bpd_test_{STEPS}"
+  name = f"bpd_test_{STEPS}_first20"
   results = [json.loads((w / "eval" / f"{name}.json").read_text()) for w in workdirs[:2]]
   per_example = [np.load(w / "eval" / f"{name}.npz") for w in workdirs[:2]]
   for bound in ("ode", "elbo"):
@@ -142,3 +142,15 @@ def test_incomplete_distributed_flags_are_refused():
   flag_values(["script", "--coordinator_address=localhost:1234", "--num_processes=2"])
   with pytest.raises(SystemExit, match=r"distributed setup error: .*missing \['process_id'\]"):
     launch.initialize(flag_values)
+
+
+def test_the_elbo_alone_skips_the_ode_and_nothing_to_compute_is_refused(run_dir, tmp_path):
+  workdir = _copy(run_dir, tmp_path / "run")
+  [elbo_only, nothing] = _launch("likelihood.py", [[f"--workdir={workdir}", "--noode", "--elbo", "--elbo_steps=50",
+                                                    "--elbo_timesteps=4", "--batch_size=8"]]) + \
+      _launch("likelihood.py", [[f"--workdir={workdir}", "--noode"]])
+  _outputs([elbo_only])
+  result = json.loads((workdir / "eval" / f"bpd_test_{STEPS}.json").read_text())
+  assert "ode_bpd" not in result and np.isfinite(result["ddpm_elbo_bpd"]["mean"])
+  output = nothing.communicate(timeout=TIMEOUT_S)[0]
+  assert nothing.returncode == 1 and "--noode without --elbo leaves nothing to compute" in output
