@@ -118,13 +118,17 @@ def bits_per_dim_over_split(rng: Array, config: ml_collections.ConfigDict, sde: 
                             mesh: Mesh | None = None) -> tuple[np.ndarray, int]:
   """Per-example bits/dim of the first `num_examples` (0: all) examples of `split`, and the total NFE.
 
-  Batches of `batch_size` (default config.eval.batch_size) examples are split over `mesh` (default:
-  all devices of all processes); every process returns all the results. With
+  Batches of `batch_size` (default config.eval.batch_size, cut to `num_examples` rounded up to a
+  multiple of the device count, so a small subset is not padded to a full batch) examples are split
+  over `mesh` (default: all devices of all processes); every process returns all the results. With
   data.uniform_dequantization the examples are dequantized once ((y + u) / 256), so the mean is an
   upper bound on the discrete negative log-likelihood in bits/dim.
   """
   mesh = parallel.get_mesh() if mesh is None else mesh
-  batches = split_batches(config, split, batch_size or config.eval.batch_size, mesh, num_examples)
+  batch_size = batch_size or config.eval.batch_size
+  if num_examples:
+    batch_size = min(batch_size, -(-num_examples // mesh.size) * mesh.size)
+  batches = split_batches(config, split, batch_size, mesh, num_examples)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   results, total_nfe = [], 0
   for (logp, nfe), count in map_over_split(rng, get_logp_fn(config, sde, model), params, batches, mesh):

@@ -161,3 +161,26 @@ def test_unet_maps_images_to_images_and_starts_at_zero():
   assert out.shape == x.shape
   np.testing.assert_array_equal(out, 0.0)  # zero-initialised output convolution
   assert any(name.startswith("AttnBlock") for name in params)
+
+
+def test_bits_per_dim_of_a_subset_pads_to_the_subset_not_to_the_eval_batch():
+  """3 digits with eval.batch_size 250 on 2 devices: one batch of 4 rows (3 real), so 3 finite values."""
+  from score_sde import evaluate, parallel  # pylint: disable=import-outside-toplevel
+  config = configs_util.load_config(ROOT / "configs/digits/vp_unet.py", ["--config.model.nf=8",
+                                                                         "--config.eval.batch_size=250"])
+  config.eval.update(rtol=1e-2, atol=1e-2)
+  mesh = parallel.get_mesh(jax.devices()[:2])
+  batch_sizes = []
+  split_batches = evaluate.split_batches
+
+  def recording(config, split, batch_size, mesh, num_examples=0):
+    batch_sizes.append(batch_size)
+    return split_batches(config, split, batch_size, mesh, num_examples)
+
+  model, sde = models.get_model(config), train.build(config).sde
+  params = models.init_params(jax.random.key(0), model, datasets.data_shape(config))
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(evaluate, "split_batches", recording)
+    bpd, nfe = evaluate.bits_per_dim_over_split(jax.random.key(1), config, sde, model, params, "test", 3, mesh=mesh)
+  assert batch_sizes == [-(-3 // mesh.size) * mesh.size]
+  assert bpd.shape == (3,) and np.all(np.isfinite(bpd)) and nfe > 0
