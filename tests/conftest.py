@@ -1,4 +1,8 @@
-"""Shared pytest fixtures: float64 where a test asks for it, the mixture oracle."""
+"""Shared pytest fixtures: float64 where a test asks for it, the mixture oracle, MNIST-style IDX files."""
+import gzip
+import pathlib
+
+import numpy as np
 import pytest
 
 from score_sde import testing
@@ -12,3 +16,21 @@ def mixture2d():
 @pytest.fixture
 def mixture64d():
   return testing.high_dim_mixture(dim=64)
+
+
+def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
+  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def write_idx_folder():
+  """(folder, num_train, num_test) -> folder with MNIST-style gzip IDX files of random 4x4 images, labels n % 10."""
+  def write(folder: pathlib.Path, num_train: int, num_test: int) -> pathlib.Path:
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
+      _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 4, 4)))
+      _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+  return write

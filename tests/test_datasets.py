@@ -1,5 +1,4 @@
 """Datasets: determinism and resumption, splits, value ranges, local-file loaders, TFDS, scalers."""
-import gzip
 import pathlib
 import time
 
@@ -154,17 +153,8 @@ def test_random_flip_mirrors_about_half_the_training_images(tmp_path):
   assert np.all(test_batch[:, 1, 0, 0] > 0)  # no flips outside training
 
 
-def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
-  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def test_idx_folder_with_train_and_test_files(tmp_path):
-  rng = np.random.default_rng(1)
-  for prefix, n in (("train", 12), ("t10k", 6)):
-    _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 4, 4)))
-    _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+def test_idx_folder_with_train_and_test_files(tmp_path, write_idx_folder):
+  write_idx_folder(tmp_path, 12, 6)
   config = _files_config(tmp_path)
   train, test = datasets.get_source(config, "train"), datasets.get_source(config, "test")
   assert (len(train), len(test)) == (12, 6) and train.images.shape[1:] == (4, 4, 1)

@@ -1,6 +1,5 @@
 """Prefetching (config.data.prefetch > 0, grain threads): the same batches as reading synchronously."""
 import contextlib
-import gzip
 import pathlib
 import subprocess
 import sys
@@ -62,12 +61,6 @@ def test_toy_training_batches_are_sampled_without_threads():
   assert _reader_threads() <= before  # no new reader threads
 
 
-def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
-  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def _local_config(path: pathlib.Path):
   return _config("configs/digits/vp_unet.py", dataset="files", path=str(path), image_size=4, num_channels=1,
                  num_heldout=10, random_flip=True, uniform_dequantization=True)
@@ -80,11 +73,8 @@ def test_npz_prefetched_equals_synchronous(tmp_path):
   _assert_same_streams(config, "train", 4, batch_size=8, start_step=3, rows=slice(4, 8))
 
 
-def test_idx_folder_prefetched_equals_synchronous(tmp_path):
-  rng = np.random.default_rng(1)
-  for prefix, n in (("train", 24), ("t10k", 12)):
-    _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 4, 4)))
-    _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+def test_idx_folder_prefetched_equals_synchronous(tmp_path, write_idx_folder):
+  write_idx_folder(tmp_path, 24, 12)
   config = _local_config(tmp_path)
   _assert_same_streams(config, "train", 4, batch_size=8, start_step=2, rows=slice(0, 4))
   _assert_same_streams(config, "test", 0, batch_size=5, repeat=False)
