@@ -83,10 +83,14 @@ def split_batches(config: ml_collections.ConfigDict, split: str, batch_size: int
 
   One ordered pass over the first `num_examples` (0: all) examples of `split`, in [0, 1] (with
   data.uniform_dequantization, the noise of batch k depends only on (config.seed, split, k)). The
-  last batch is padded by repeating its last example, so every batch has one compiled shape. Each
-  process contributes its own rows (`parallel.process_rows`) to the global array; it reads whole
-  batches, as `datasets.get_dataset` selects rows only of repeated streams.
+  last batch is padded by repeating its last example, so every batch has one compiled shape; a
+  subset smaller than `batch_size` gets one batch of `num_examples` rounded up to a multiple of the
+  device count, not a full padded batch. Each process contributes its own rows
+  (`parallel.process_rows`) to the global array; it reads whole batches, as `datasets.get_dataset`
+  selects rows only of repeated streams.
   """
+  if num_examples:
+    batch_size = min(batch_size, -(-num_examples // mesh.size) * mesh.size)
   rows = parallel.process_rows(batch_size, mesh)
   seen = 0
   for batch in datasets.get_dataset(config, split, batch_size=batch_size, repeat=False):
@@ -118,17 +122,13 @@ def bits_per_dim_over_split(rng: Array, config: ml_collections.ConfigDict, sde: 
                             mesh: Mesh | None = None) -> tuple[np.ndarray, int]:
   """Per-example bits/dim of the first `num_examples` (0: all) examples of `split`, and the total NFE.
 
-  Batches of `batch_size` (default config.eval.batch_size, cut to `num_examples` rounded up to a
-  multiple of the device count, so a small subset is not padded to a full batch) examples are split
-  over `mesh` (default: all devices of all processes); every process returns all the results. With
+  Batches of `batch_size` (default config.eval.batch_size) examples are split over `mesh` (default:
+  all devices of all processes); every process returns all the results. With
   data.uniform_dequantization the examples are dequantized once ((y + u) / 256), so the mean is an
   upper bound on the discrete negative log-likelihood in bits/dim.
   """
   mesh = parallel.get_mesh() if mesh is None else mesh
-  batch_size = batch_size or config.eval.batch_size
-  if num_examples:
-    batch_size = min(batch_size, -(-num_examples // mesh.size) * mesh.size)
-  batches = split_batches(config, split, batch_size, mesh, num_examples)
+  batches = split_batches(config, split, batch_size or config.eval.batch_size, mesh, num_examples)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   results, total_nfe = [], 0
   for (logp, nfe), count in map_over_split(rng, get_logp_fn(config, sde, model), params, batches, mesh):

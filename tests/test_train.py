@@ -174,8 +174,9 @@ def test_bits_per_dim_of_a_subset_pads_to_the_subset_not_to_the_eval_batch():
   split_batches = evaluate.split_batches
 
   def recording(config, split, batch_size, mesh, num_examples=0):
-    batch_sizes.append(batch_size)
-    return split_batches(config, split, batch_size, mesh, num_examples)
+    for batch, count in split_batches(config, split, batch_size, mesh, num_examples):
+      batch_sizes.append(batch.shape[0])
+      yield batch, count
 
   model, sde = models.get_model(config), train.build(config).sde
   params = models.init_params(jax.random.key(0), model, datasets.data_shape(config))
