@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 import tensorstore as ts
+from jax.experimental import multihost_utils
 
 from score_sde import configs_util
 
@@ -228,7 +229,10 @@ class Checkpointer:
     if step in manager.all_steps():
       if self._restored_step is None or step <= self._restored_step:
         return
-      self._move_aside(pathlib.Path(manager.directory) / str(step))
+      if jax.process_index() == 0:
+        self._move_aside(pathlib.Path(manager.directory) / str(step))
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
       manager.reload()
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()
@@ -247,9 +251,6 @@ class Checkpointer:
     steps = [m.latest_step() for m in self._managers.values()]
     steps = [s for s in steps if s is not None]
     return max(steps) if steps else None
-
-  def snapshot_steps(self) -> list[int]:
-    return list(self._managers[SNAPSHOT_DIR].all_steps())
 
   def restore_newest(self, template_fn: Callable[[dict], Any]) -> tuple[Any, dict] | None:
     """(state, meta) of the newest checkpoint that restores (see `restore_newest`), or None when there is none."""

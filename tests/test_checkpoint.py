@@ -83,7 +83,7 @@ def _warnings(caplog) -> list[str]:
   return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
-@pytest.mark.parametrize("damage", DAMAGES, ids=lambda damage: damage.__name__.strip("_"))
+@pytest.mark.parametrize("damage", DAMAGES[:3], ids=lambda damage: damage.__name__.strip("_"))
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_training_resumes_from_the_previous(
     damage, finished_run, tmp_path, caplog):
   workdir = _damaged_copy(finished_run, tmp_path, damage)
@@ -104,12 +104,20 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning_and_training_resu
   assert _logged_steps(workdir) == [5, 10, 15]
 
 
-def test_reading_a_damaged_run_falls_back_or_names_the_newest_step_that_restores(finished_run, tmp_path, caplog):
-  workdir = _damaged_copy(finished_run, tmp_path, _truncate_array_file)
+@pytest.mark.parametrize("damage, reason", zip(DAMAGES, ["OUT_OF_RANGE: Requested byte range", "the array file holding",
+                                                          "cannot read meta/metadata", "cannot read state/_METADATA"]))
+def test_reading_a_damaged_run_falls_back_with_one_line_naming_the_damage(damage, reason, finished_run, tmp_path,
+                                                                         caplog):
+  workdir = _damaged_copy(finished_run, tmp_path, damage)
   with caplog.at_level(logging.WARNING):
     _, state, step = evaluate.restore_run(workdir)
   assert step == 10 and int(state.step) == 10
-  assert len(_warnings(caplog)) == 1 and "checkpoints/15: OUT_OF_RANGE" in _warnings(caplog)[0]
+  [warning] = _warnings(caplog)
+  assert f"checkpoints/15: {reason}" in warning and "\n" not in warning and "pybind" not in warning
+
+
+def test_reading_a_damaged_step_names_the_newest_step_that_restores(finished_run, tmp_path):
+  workdir = _damaged_copy(finished_run, tmp_path, _truncate_array_file)
   with pytest.raises(checkpoint.CheckpointError, match="checkpoints/15: .*; the newest step that restores is 10$") as e:
     evaluate.restore_run(workdir, 15)
   assert "\n" not in str(e.value) and "pybind" not in str(e.value) and "<bound method" not in str(e.value)
@@ -161,19 +169,22 @@ def _train_command(workdir: pathlib.Path, *overrides: str) -> list[str]:
   return [sys.executable, str(ROOT / "scripts/train.py"), f"--config={TOY}", f"--workdir={workdir}", *TINY, *overrides]
 
 
+def _saving(workdir: pathlib.Path) -> bool:
+  """Whether a checkpoint is half written (orbax's temporary directory) while an earlier one is complete."""
+  names = [p.name for p in workdir.glob("checkpoints*/*")]
+  return any("orbax-checkpoint-tmp" in name for name in names) and any(name.isdigit() for name in names)
+
+
 def _kill_during_a_save(command: list[str], workdir: pathlib.Path) -> bool:
-  """Starts `command`, kills it (SIGKILL) as soon as a checkpoint is being written; True if a save was cut."""
+  """Starts `command` and kills it (SIGKILL) as soon as `_saving`; True if it died with a save half written."""
   process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
-    while process.poll() is None:
-      if any("orbax-checkpoint-tmp" in p.name for p in workdir.glob("checkpoints*/*")):
-        process.kill()
-        break
+    while process.poll() is None and not _saving(workdir):
       time.sleep(0.001)
   finally:
     process.kill()
     process.wait()
-  return process.returncode == -9 and any("orbax-checkpoint-tmp" in p.name for p in workdir.glob("checkpoints*/*"))
+  return process.returncode == -9 and _saving(workdir)
 
 
 def test_kill_9_during_a_checkpoint_save_then_rerun_ends_like_an_uninterrupted_run(tmp_path):
@@ -181,19 +192,21 @@ def test_kill_9_during_a_checkpoint_save_then_rerun_ends_like_an_uninterrupted_r
 
   Each attempt resumes the previous one, so the kills may also land on a restarted run.
   """
-  overrides = ("--config.training.n_iters=40", "--config.training.snapshot_freq_for_preemption=1")
+  overrides = ("--config.training.n_iters=16", "--config.training.snapshot_freq_for_preemption=1")
   workdir = tmp_path / "killed"
   command = _train_command(workdir, *overrides)
   assert any(_kill_during_a_save(command, workdir) for _ in range(3)), "no kill landed in a save"
+  assert 0 < checkpoint.restore_newest(workdir, lambda meta: evaluate.state_template(_config(*overrides)))[2] < 16
   finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
   assert finished.returncode == 0, finished.stderr[-2000:]
   _, resumed, step = evaluate.restore_run(workdir)
   uninterrupted = train.train_and_evaluate(_config(*overrides), tmp_path / "straight", progress=False)
-  assert step == 40
+  assert step == 16
   _assert_trees_equal(resumed, uninterrupted)
-  assert _logged_steps(workdir) == [5, 10, 15, 20, 25, 30, 35, 40]
+  assert _logged_steps(workdir) == [5, 10, 15]
 
 
+@pytest.mark.slow
 def test_train_script_refuses_a_changed_config_in_one_line_and_accepts_allow_config_change(finished_run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(finished_run[0], workdir)
@@ -207,8 +220,9 @@ def test_train_script_refuses_a_changed_config_in_one_line_and_accepts_allow_con
   assert _logged_steps(workdir) == [5, 10, 15, 20]
 
 
-@pytest.mark.parametrize("script, flags", [("sample.py", ["--num=4", "--batch_size=4", "--method=ode"]),
-                                           ("likelihood.py", ["--num_examples=4", "--batch_size=4"])])
+@pytest.mark.parametrize("script, flags", [
+    ("sample.py", ["--num=4", "--batch_size=4", "--method=ode"]),
+    pytest.param("likelihood.py", ["--num_examples=4", "--batch_size=4"], marks=pytest.mark.slow)])
 def test_scripts_read_a_damaged_run_from_the_newest_checkpoint_that_restores(script, flags, finished_run, tmp_path):
   workdir = _damaged_copy(finished_run, tmp_path, _delete_array_file)
   result = subprocess.run([sys.executable, str(ROOT / "scripts" / script), f"--workdir={workdir}", *flags],
