@@ -353,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       out_of_time = time.perf_counter() > deadline
       snapshot = step % t.snapshot_freq == 0 or step == t.n_iters or out_of_time
       preempt = step % t.snapshot_freq_for_preemption == 0
-      if step % t.log_freq == 0 or step % t.eval_freq == 0 or snapshot or preempt:
+      if step % t.log_freq == 0 or snapshot or preempt:
         values = _check_finite(pending, workdir, ckpt)
         pending = []
         if step % t.log_freq == 0:
