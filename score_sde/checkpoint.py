@@ -34,6 +34,7 @@ SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-meta"
 
 _log = logging.getLogger(__name__)
+_READS_IN_FLIGHT = 32  # stored values read at once when checking a checkpoint's files (bounds host memory)
 
 
 class CheckpointError(RuntimeError):
@@ -65,9 +66,10 @@ def _reason(error: BaseException) -> str:
 def _quiet_async_errors() -> Iterator[None]:
   """Drops the echoes of a failed orbax read, whose error we report once ourselves.
 
-  When one array read fails, orbax closes its event loop while other reads are pending; they end
-  later as asyncio "Task exception was never retrieved" logs and unraisable "Event loop is closed"
-  errors. Collecting the abandoned tasks inside this context lets both pass through its filters.
+  When one array read fails, orbax closes its event loop while other reads are pending; they may
+  end as asyncio "Task exception was never retrieved" logs and unraisable "Event loop is closed"
+  errors (how many depends on timing). Those that end, or are collected, inside this context are
+  dropped. `_check_array_files` catches missing and truncated files before orbax reads them.
   """
   previous_hook, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
 
@@ -107,11 +109,12 @@ def _check_array_files(state_dir: pathlib.Path) -> None:
   try:
     store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state_dir.resolve()}/"}).result()
     keys = store.list().result()
-    reads = [store.read(key) for key in keys]
-    for key, read in zip(keys, reads):
-      result = read.result()
-      if result.state != "value" or not result.value:
-        raise CheckpointError(f"the array file holding {key.decode()} is missing")
+    for start in range(0, len(keys), _READS_IN_FLIGHT):
+      batch = keys[start:start + _READS_IN_FLIGHT]
+      for key, read in zip(batch, [store.read(key) for key in batch]):
+        result = read.result()
+        if result.state != "value" or not result.value:
+          raise CheckpointError(f"the array file holding {key.decode()} is missing")
   except ValueError as e:  # TensorStore's errors
     raise CheckpointError(_reason(e)) from e
 
