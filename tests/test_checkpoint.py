@@ -139,6 +139,19 @@ def test_reading_creates_nothing(tmp_path):
   assert not absent.exists() and not any(empty.iterdir())
 
 
+def test_metrics_of_a_resumed_run_keep_earlier_steps_once_and_replace_a_rewritten_record(tmp_path):
+  records = [{"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.5}, {"step": 10, "test_bpd": 3.0},
+             {"step": 15, "loss": 0.4}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 20, "lo')
+  writer = train.MetricWriter(tmp_path, resume_step=10)  # steps 11.. are trained again; a kill tore the last line
+  assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records[:3]
+  writer.write(10, test_bpd=2.5)  # e.g. the final bits/dim of a finished run, evaluated again
+  writer.write(15, loss=0.3)
+  writer.close()
+  assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [
+      records[0], records[1], {"step": 10, "test_bpd": 2.5}, {"step": 15, "loss": 0.3}]
+
+
 def test_resuming_with_another_model_is_refused_and_a_longer_run_needs_allow_config_change(finished_run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(finished_run[0], workdir)
