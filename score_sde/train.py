@@ -8,12 +8,18 @@ and images, while all processes take part in orbax checkpoint saves. The PRNG ke
 fold_in(key(seed), k) and batch k depends only on (seed, k): a run resumed from any checkpoint
 continues bit for bit as if it had never stopped. Checkpoints hold global arrays, restored into the
 current layout, so a run may also resume with another training.fsdp_size.
+
+A resumed run restores the newest checkpoint that restores (warning about damaged newer ones),
+refuses a config that differs from the saved one except in `RESUMABLE_CHANGES` (and those only
+when allowed), and cuts metrics.jsonl back to the restored step, so no step is recorded twice.
+A non-finite loss, gradient norm or parameter stops the run before any later checkpoint is written.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Iterator, Sequence
@@ -36,7 +42,19 @@ Array = jax.Array
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite; the last good checkpoint is kept."""
+  """The loss, the gradient norm or the parameters became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ConfigChangedError(ValueError):
+  """A run resumed with a config that differs from the one its checkpoint was saved with."""
+
+
+# Fields a resumed run may change when allowed: how long it trains and how it logs, saves, samples
+# and evaluates, never what it learns (model, SDE, loss, data, optimizer, seed, batch size).
+# A trailing dot names a whole section.
+RESUMABLE_CHANGES = ("training.n_iters", "training.snapshot_freq", "training.snapshot_freq_for_preemption",
+                     "training.log_freq", "training.eval_freq", "training.eval_batches", "training.snapshot_sampling",
+                     "training.snapshot_num_samples", "training.fsdp_size", "data.prefetch", "sampling.", "eval.")
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
@@ -133,18 +151,29 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
 class MetricWriter:
   """Appends records to workdir/metrics.jsonl and TensorBoard scalars/images to workdir/tensorboard.
 
-  Only on the main process; elsewhere every method does nothing.
+  A run resumed at `resume_step` first drops the records of later steps (written before it was
+  stopped, and about to be written again), and a record of `resume_step` written again replaces
+  the old one, so each (step, name) appears once. Only on the main process; elsewhere every method
+  does nothing.
   """
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, resume_step: int = 0):
     self.active = parallel.is_main_process()
     if self.active:
-      self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # pylint: disable=consider-using-with
-      self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+      self._path, self._resume_step = workdir / "metrics.jsonl", resume_step
+      self._names_at_resume = {name for record in _rewrite_records(self._path, lambda r: r["step"] <= resume_step)
+                               if record["step"] == resume_step for name in record}
+      self._jsonl = open(self._path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+      self._tensorboard = tensorboardX.SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
 
   def write(self, step: int, **scalars: float) -> None:
     if not self.active:
       return
+    if step == self._resume_step and self._names_at_resume & scalars.keys():
+      self._jsonl.close()
+      _rewrite_records(self._path, lambda r: not (r["step"] == step and r.keys() & scalars.keys()))
+      self._names_at_resume -= scalars.keys()
+      self._jsonl = open(self._path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
@@ -162,6 +191,31 @@ class MetricWriter:
     self._tensorboard.close()
 
 
+def _rewrite_records(path: pathlib.Path, keep) -> list[dict]:
+  """Keeps the records of a metrics.jsonl for which `keep(record)` holds (and drops a torn last line).
+
+  The file is replaced atomically and only if something is dropped. Returns the kept records.
+  """
+  if not path.exists():
+    return []
+  lines = path.read_text(encoding="utf-8").splitlines()
+  records = []
+  for line in lines:
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # a line cut by a kill
+      continue
+  kept = [record for record in records if keep(record)]
+  if len(kept) < len(lines):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(record) + "\n" for record in kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return kept
+
+
 def _read_png(path: pathlib.Path) -> np.ndarray:
   from PIL import Image  # pylint: disable=import-outside-toplevel
   return np.asarray(Image.open(path).convert("RGB"))
@@ -175,16 +229,59 @@ def _scaled_batches(config: ml_collections.ConfigDict, split: str, start_step: i
     yield {**batch, "image": scaler(batch["image"])}
 
 
-def _check_finite(losses_since_sync: list[tuple[int, Array]], workdir: pathlib.Path,
+def _check_finite(metrics_since_sync: list[tuple[int, dict]], workdir: pathlib.Path,
                   ckpt: checkpoint.Checkpointer) -> list[float]:
-  """Host values of the pending losses; NonFiniteLossError at the first NaN/inf."""
-  values = [float(loss) for _, loss in losses_since_sync]
-  for (step, _), value in zip(losses_since_sync, values):
-    if not math.isfinite(value):
-      raise NonFiniteLossError(
-          f"training stopped: the loss is {value} at step {step}; the last good checkpoint (step "
-          f"{ckpt.latest_step()}) is kept in {workdir}. Lower optim.lr or check the data and config.")
-  return values
+  """Host values of the pending losses; NonFiniteLossError at the first NaN/inf loss or gradient norm."""
+  values = [(step, float(metrics["loss"]), float(metrics["grad_norm"])) for step, metrics in metrics_since_sync]
+  for step, loss, grad_norm in values:
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      raise _diverged(f"the loss is {loss} and the gradient norm {grad_norm} at step {step}", workdir, ckpt)
+  return [loss for _, loss, _ in values]
+
+
+def _diverged(what: str, workdir: pathlib.Path, ckpt: checkpoint.Checkpointer) -> NonFiniteLossError:
+  last = ckpt.latest_step()
+  kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint was written"
+  return NonFiniteLossError(f"training stopped: {what}; {kept} in {workdir}. Lower optim.lr or check the data "
+                            "and config.")
+
+
+@jax.jit
+def _all_finite(tree) -> Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def config_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """Dotted field -> (saved value, value in `config`) of every field of `config` that differs from `saved`.
+
+  Fields of `saved` that `config` lacks (removed since the save) are ignored.
+  """
+  def flat(tree: dict, prefix: str = "") -> dict:
+    items = {}
+    for name, value in tree.items():
+      items.update(flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}": value})
+    return items
+
+  before = flat(json.loads(saved.to_json_best_effort()))
+  after = flat(json.loads(config.to_json_best_effort()))
+  return {name: (before.get(name), value) for name, value in after.items() if before.get(name) != value}
+
+
+def check_resumable(meta: dict, config: ml_collections.ConfigDict, where: str, allow_config_change: bool) -> None:
+  """Raises ConfigChangedError unless `config` may resume the checkpoint whose meta is `meta`.
+
+  Fields outside `RESUMABLE_CHANGES` must equal the saved ones; those inside may differ only with
+  `allow_config_change`.
+  """
+  changes = config_changes(checkpoint.saved_config(meta), config)
+  listed = lambda names: ", ".join(f"{n} ({changes[n][0]!r} -> {changes[n][1]!r})" for n in names)  # noqa: E731
+  fixed = [name for name in changes if not name.startswith(RESUMABLE_CHANGES)]
+  if fixed:
+    raise ConfigChangedError(f"cannot resume {where} with this config: it differs from the saved one in "
+                             f"{listed(fixed)}; these change what the run learns: restore them or use a new workdir")
+  if changes and not allow_config_change:
+    raise ConfigChangedError(f"cannot resume {where} with this config: it differs from the saved one in "
+                             f"{listed(changes)}; pass --allow_config_change to resume with the new values")
 
 
 def evaluation_params(config: ml_collections.ConfigDict, state: TrainState):
@@ -203,21 +300,34 @@ def save_samples(config: ml_collections.ConfigDict, samples: np.ndarray, path: p
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                        progress: bool = True, devices: Sequence[jax.Device] | None = None,
-                       time_limit_s: float | None = None) -> TrainState:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) to training.n_iters steps.
+                       time_limit_s: float | None = None, allow_config_change: bool = False) -> TrainState:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint that restores) to training.n_iters steps.
 
   With `time_limit_s`, training also stops (as if n_iters were reached there) after that many
-  seconds of wall time; calling again resumes it.
+  seconds of wall time; calling again resumes it. Resuming with a config that differs from the
+  saved one raises ConfigChangedError, unless only `RESUMABLE_CHANGES` differ and
+  `allow_config_change` is set.
 
   Writes metrics.jsonl, TensorBoard events, checkpoints and samples/step_<k>.png under `workdir`,
-  and returns the final state. Raises NonFiniteLossError (keeping the checkpoints) on a NaN loss.
+  and returns the final state. Raises NonFiniteLossError (keeping the checkpoints) when the loss,
+  the gradient norm or the parameters stop being finite.
   """
   workdir = pathlib.Path(workdir)
   (workdir / "samples").mkdir(parents=True, exist_ok=True)
   t = config.training
   setup = build(config, devices)
   ckpt = checkpoint.Checkpointer(workdir)
-  restored = ckpt.restore_latest(abstract_state(config, setup))
+  template = abstract_state(config, setup)
+
+  def resumable_template(meta: dict) -> TrainState:
+    check_resumable(meta, config, f"{workdir} at step {meta.get('step')}", allow_config_change)
+    return template
+
+  try:
+    restored = ckpt.restore_newest(resumable_template)
+  except BaseException:
+    ckpt.close()
+    raise
   state = init_state(config, setup) if restored is None else restored[0]
   start = int(state.step)
   train_step, eval_step = get_step_fns(config, setup)
@@ -226,17 +336,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   train_batches = _scaled_batches(config, "train", start, rows)
   eval_batches = _scaled_batches(config, "test", (start // t.eval_freq) * t.eval_batches, rows)
   meta = {"seed": config.seed, "config": json.loads(config.to_json_best_effort())}
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start)
   bar = tqdm.tqdm(total=t.n_iters, initial=start, disable=not (progress and writer.active), desc="train", unit="step",
                   dynamic_ncols=True)
-  pending: list[tuple[int, Array]] = []
+  pending: list[tuple[int, dict]] = []
   grad_norm, window_start, window_steps = None, time.perf_counter(), 0
   deadline = time.perf_counter() + time_limit_s if time_limit_s is not None else math.inf
   try:
     for step in range(start + 1, t.n_iters + 1):
       batch = parallel.global_batch(next(train_batches), setup.mesh)
       state, metrics = train_step(state, batch, jax.random.fold_in(setup.keys.train, step - 1))
-      pending.append((step, metrics["loss"]))
+      pending.append((step, metrics))
       grad_norm = metrics["grad_norm"]
       window_steps += 1
       bar.update(1)
@@ -257,6 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                  jax.random.fold_in(jax.random.fold_in(setup.keys.eval, step), j))[1]["loss"]
                        for j in range(t.eval_batches)]
         writer.write(step, eval_loss=float(np.mean(jax.device_get(eval_losses))))
+      if (preempt or snapshot) and not _all_finite(state.params):
+        raise _diverged(f"the parameters are not finite after step {step}", workdir, ckpt)
       if preempt:
         ckpt.save(step, state, {**meta, "step": step}, snapshot=False)
       if snapshot:

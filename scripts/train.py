@@ -15,6 +15,8 @@ from score_sde import configs_util, launch, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "leaf config file, e.g. configs/toy/vp_mlp.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, TensorBoard events and samples")
+flags.DEFINE_bool("allow_config_change", False, "resume although training length, logging, snapshot or eval "
+                  "settings differ from the saved config (train.RESUMABLE_CHANGES)")
 launch.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -24,8 +26,8 @@ def main(argv):
   del argv
   launch.initialize(FLAGS)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteLossError, train.checkpoint.CheckpointError) as e:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+  except (train.NonFiniteLossError, train.ConfigChangedError, train.checkpoint.CheckpointError) as e:
     sys.exit(str(e))
 
 

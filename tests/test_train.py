@@ -1,7 +1,6 @@
-"""Training: convergence to the oracle's DSM floor, exact resumption, data parallelism, NaN stop, checkpoints."""
+"""Training: convergence to the oracle's DSM floor, exact resumption, data parallelism, NaN stop."""
 import json
 import pathlib
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +98,8 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run_exactly(tmp_path, mo
   _assert_trees_equal(resumed, uninterrupted)
   losses_of = lambda d: {r["step"]: r["loss"] for r in _records(d) if "loss" in r}  # noqa: E731
   assert losses_of(tmp_path / "killed") == losses_of(tmp_path / "straight")
+  steps = [r["step"] for r in _records(tmp_path / "killed") if "loss" in r]
+  assert steps == sorted(set(steps)) == list(range(5, 31, 5))  # step 25, logged before the kill, is not repeated
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=2 "
@@ -140,16 +141,6 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
   setup = train.build(config)
   restored, meta = ckpt.restore_latest(train.init_state(config, setup))
   assert meta["step"] == 10 and all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored.params))
-
-
-def test_damaged_checkpoint_fails_clearly_and_is_left_in_place(tmp_path):
-  config = _tiny_toy(n_iters=15)  # preemption checkpoint at 10, final snapshot at 15
-  train.train_and_evaluate(config, tmp_path, progress=False)
-  damaged = tmp_path / "checkpoints" / "15"
-  shutil.rmtree(damaged / "state")
-  with pytest.raises(checkpoint.CheckpointError, match=str(damaged)):
-    train.train_and_evaluate(config, tmp_path, progress=False)
-  assert (damaged / "meta").exists() and (tmp_path / "checkpoints-meta" / "10" / "state").exists()
 
 
 def test_unet_maps_images_to_images_and_starts_at_zero():
