@@ -27,7 +27,7 @@ def _case(name: str, *extra: str):
   """(fixture arrays, our config for it, override flags)."""
   arrays = dict(np.load(FIXTURES / f"{name}.npz"))
   meta = json.loads(str(arrays.pop("meta")))
-  flags = _override_flags(meta["overrides"]) + list(extra)
+  flags = _override_flags({**meta["overrides"], **meta["our_overrides"]}) + list(extra)
   return arrays, configs_util.load_config(REPO / meta["our_config"], flags), meta, flags
 
 
@@ -135,3 +135,10 @@ def test_converted_checkpoint_samples_and_gives_bits_per_dim(tmp_path):
   result = run("likelihood.py", "--workdir", tmp_path / "run", "--num_examples", 2, "--batch_size", 2)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "bpd" in result.stdout + result.stderr
+
+
+def test_score_sde_ddpm_has_reference_parameter_count():
+  """The layout of score_sde's released DDPM checkpoints (its models/ddpm.py on CIFAR-10)."""
+  config = configs_util.load_config(REPO / "configs/cifar10/vp_ddpm.py", ["--config.model.name=ddpm_score_sde"])
+  slots = convert.parameter_order(models.get_model(config), (32, 32, 3))
+  assert sum(int(np.prod(s.shape)) for s in slots) == 35_218_947
