@@ -3,8 +3,8 @@
   python scripts/convert_checkpoint.py --source checkpoint_26.pth \\
       --config configs/cifar10/ve_ncsnpp_continuous.py --workdir runs/ncsnpp_cifar10
 
---source is a score_sde_pytorch checkpoint (`.pth`, read without PyTorch and without running
-pickled code). The workdir gets one snapshot at the checkpoint's step: the converted parameters,
+--source is a score_sde checkpoint (flax msgpack `checkpoint_<N>`) or a score_sde_pytorch one
+(`.pth`, read without PyTorch and without running pickled code), told apart by content. The workdir gets one snapshot at the checkpoint's step: the converted parameters,
 their EMA, a fresh optimizer state for this config, and the config (with any --config.* overrides).
 Nothing is written unless the whole conversion succeeds; an existing non-empty --workdir is refused.
 """
@@ -26,7 +26,7 @@ from score_sde import checkpoint, configs_util, convert, datasets, losses, model
 from score_sde.train_state import TrainState
 
 config_flags.DEFINE_config_file("config", None, "leaf config the checkpoint was trained with", lock_config=True)
-flags.DEFINE_string("source", None, "released checkpoint file (score_sde_pytorch .pth)")
+flags.DEFINE_string("source", None, "released checkpoint file (score_sde checkpoint_<N> or score_sde_pytorch .pth)")
 flags.DEFINE_string("workdir", None, "new (or empty) directory to write the converted run to")
 FLAGS = flags.FLAGS
 
@@ -42,7 +42,7 @@ def convert_to_workdir(source: str | pathlib.Path, config: ml_collections.Config
   if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
     raise FileExistsError(f"--workdir {workdir} exists and is not empty; give a new directory")
   model = models.get_model(config)
-  params, ema_params, step = convert.convert_pytorch(convert.load_pth(source), model, datasets.data_shape(config))
+  params, ema_params, step = convert.load_checkpoint(source, model, datasets.data_shape(config))
   state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema_params,
                      opt_state=losses.get_optimizer(config).init(params))
   meta = {"seed": config.seed, "config": json.loads(config.to_json_best_effort()), "step": step,
