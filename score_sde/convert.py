@@ -15,12 +15,12 @@ A score_sde checkpoint (`checkpoint_<N>`, flax's msgpack of its training State) 
 `optimizer.target` (params), `params_ema`, `model_state` and `step`, params named by flax.linen
 (`ResnetBlockBigGANpp_3/Conv_1/kernel`), kernels already HWIO. Names are numbered per layer type
 within each parent in creation order, so running through our layers in execution order and
-counting per reference type (`_REFERENCE_TYPES`; our 1x1 Dense on images is its NIN, our
-Normalization wrapper is absent there) gives each of our parameters its reference name.
+matching per reference type (`_REFERENCE_TYPES`; our 1x1 Dense on images is its NIN, our
+Normalization wrapper is absent there, its NCSNv2 wrappers are absent here) gives each of our
+parameters its reference name (`_flax_names`).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import pathlib
 from typing import Any
@@ -37,7 +37,7 @@ __all__ = ["ConversionError", "PthError", "ParamSlot", "convert_flax", "convert_
 
 BUFFERS = ("sigmas",)  # reference buffers that are not parameters
 # Our parameter names in the reference's registration order within one layer.
-_LEAF_ORDER = ("W", "kernel", "scale", "embedding", "bias")
+_LEAF_ORDER = ("W", "kernel", "scale", "alpha", "gamma", "beta", "embedding", "bias")
 # Parameters that are not trained (requires_grad=False in the reference, so absent from its EMA).
 _FROZEN_MODULES = ("GaussianFourierProjection",)
 
@@ -187,6 +187,8 @@ _REFERENCE_TYPES: dict[str, tuple[str, ...] | None] = {
 }
 # Reference layer type -> its names of our parameter leaves.
 _LEAF_NAMES = {"NIN": {"kernel": "W", "bias": "b"}, "Conv2d": {"kernel": "weight"}}
+# Reference layers that only wrap one of its convolutions (or several, MSFBlock) that are ours directly.
+_WRAPPERS = ("ConvMeanPool", "MeanPoolConv", "MSFBlock")
 
 
 def _reference_types(layer: str, input_ndim: int) -> tuple[str, ...] | None:
@@ -195,12 +197,43 @@ def _reference_types(layer: str, input_ndim: int) -> tuple[str, ...] | None:
   return _REFERENCE_TYPES.get(layer, (layer,))
 
 
+def _layer_type(name: str) -> tuple[str, int]:
+  """'ConvMeanPool_1' -> ('ConvMeanPool', 1)."""
+  kind, _, index = name.rpartition("_")
+  return (kind, int(index)) if index.isdigit() else (name, -1)
+
+
+def _reference_candidates(present: dict, types: tuple[str, ...]) -> list[tuple[str, ...]]:
+  """The reference's layers of `types` under one parent: direct children, then inside its wrappers
+  (NCSNv2's ConvMeanPool / MeanPoolConv / MSFBlock hold convolutions that are ours directly), by index."""
+  found = []
+  for rank, kind in enumerate(types):
+    found += [((rank, 0) + (_layer_type(name)[1],), (name,)) for name in present
+              if isinstance(present[name], dict) and _layer_type(name)[0] == kind]
+    found += [((rank, 1) + (_layer_type(w)[1], _layer_type(name)[1]), (w, name)) for w in present
+              if _layer_type(w)[0] in _WRAPPERS and isinstance(present[w], dict)
+              for name in present[w] if _layer_type(name)[0] == kind]
+  return [path for _, path in sorted(found)]
+
+
+def _fits(ours: dict, theirs: dict, renames: dict) -> bool:
+  """Whether a reference layer's own tensors have the sizes of our layer's."""
+  own = {k: v for k, v in ours.items() if not isinstance(v, dict)}
+  return all(renames.get(k, k) in theirs and np.size(theirs[renames.get(k, k)]) == int(np.prod(v.shape))
+             for k, v in own.items())
+
+
 def _flax_names(model: nn.Module, x_shape: tuple[int, ...], reference: dict) -> dict[tuple[str, ...], tuple[str, ...]]:
-  """Our parameter path -> the reference's, numbering reference types per parent in execution order."""
+  """Our parameter path -> the reference's.
+
+  Our layers, in execution order, take the first unused reference layer of a corresponding type
+  (`_REFERENCE_TYPES`) under the corresponding parent whose tensors have the sizes of ours; same
+  types are numbered in creation order there as here, and a size check sorts out layers that the
+  two create in different orders (NCSNv2's downsampling shortcut).
+  """
   calls, shapes = _trace(model, x_shape)
   module_names: dict[tuple[str, ...], tuple[str, ...]] = {(): ()}
-  counters: dict[tuple[str, ...], collections.Counter] = collections.defaultdict(collections.Counter)
-  names = {}
+  used: set[tuple[str, ...]] = set()
   for path, layer, ndim in calls:
     if not path:
       continue
@@ -209,22 +242,22 @@ def _flax_names(model: nn.Module, x_shape: tuple[int, ...], reference: dict) -> 
     if candidates is None:
       module_names[path] = parent
       continue
-    present = _subtree(reference, parent)
-    for ref_type in candidates:
-      name = f"{ref_type}_{counters[parent][ref_type]}"
-      if name in present:
-        counters[parent][ref_type] += 1
-        module_names[path] = parent + (name,)
+    ours = _subtree(shapes, path)
+    for relative in _reference_candidates(_subtree(reference, parent), candidates):
+      name = parent + relative
+      if name not in used and _fits(ours, _subtree(reference, name), _LEAF_NAMES.get(_layer_type(name[-1])[0], {})):
+        used.add(name)
+        module_names[path] = name
         break
     else:
-      if jax.tree.leaves(_subtree(shapes, path)):
-        raise ConversionError(f"the checkpoint has no layer for our {'/'.join(path)} (looked for "
-                              f"{' or '.join(f'{t}_{counters[parent][t]}' for t in candidates)} in "
-                              f"{'/'.join(parent) or 'the top level'}); is it the right config?")
+      if jax.tree.leaves(ours):
+        raise ConversionError(f"the checkpoint has no layer ({' or '.join(candidates)}) with the tensors of our "
+                              f"{'/'.join(path)} in {'/'.join(parent) or 'the top level'}; is it the right config?")
       module_names[path] = parent + (f"{layer}_unused",)
+  names = {}
   for slot in parameter_order(model, x_shape):
     module = module_names[slot.path[:-1]]
-    renames = _LEAF_NAMES.get(module[-1].rsplit("_", 1)[0], {}) if module else {}
+    renames = _LEAF_NAMES.get(_layer_type(module[-1])[0], {}) if module else {}
     names[slot.path] = module + (renames.get(slot.path[-1], slot.path[-1]),)
   return names
 

@@ -15,7 +15,7 @@ from score_sde.cli import convert_checkpoint
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "reference"
 PYTORCH_CASES = ["ncsnpp_cifar10", "ncsnpp_256", "ddpmpp", "ddpm"]
-JAX_CASES = ["jax_ncsnpp_cifar10", "jax_ncsnpp_256", "jax_ddpm"]
+JAX_CASES = ["jax_ncsnpp_cifar10", "jax_ncsnpp_256", "jax_ddpm", "jax_ncsnv2"]
 TOLERANCE = 1e-4  # max |ours - reference| / max |reference|
 
 
