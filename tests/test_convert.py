@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import configs_util, convert, models
+from score_sde import configs_util, convert, datasets, models
 from score_sde import sde as sde_lib
 from score_sde.cli import convert_checkpoint
 
@@ -166,3 +166,35 @@ def test_score_sde_ddpm_has_reference_parameter_count():
   config = configs_util.load_config(REPO / "configs/cifar10/vp_ddpm.py", ["--config.model.name=ddpm_score_sde"])
   slots = convert.parameter_order(models.get_model(config), (32, 32, 3))
   assert sum(int(np.prod(s.shape)) for s in slots) == 35_218_947
+
+
+SHAPES = json.loads((FIXTURES / "param_shapes.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("our_config", sorted(SHAPES))
+def test_every_network_config_fits_the_full_size_reference(our_config):
+  """Names and shapes (no values) of each full-size reference network map one to one onto ours."""
+  entry = SHAPES[our_config]
+  config = configs_util.load_config(REPO / our_config, _override_flags(entry["our_overrides"]))
+  model, x_shape = models.get_model(config), datasets.data_shape(config)
+  tensors = [(name, np.broadcast_to(np.float32(0), shape)) for name, shape in entry["tensors"]]
+  slots = convert.parameter_order(model, x_shape)
+  if entry["format"] == "pytorch":
+    named = [(k, v) for k, v in tensors if k.split(".")[-1] not in convert.BUFFERS]
+    assert len(named) == len(slots)
+    for slot, (key, value) in zip(slots, named):
+      assert convert._to_ours(slot, key, value).shape == slot.shape, (slot.name, key)
+    assert entry["ema"] == sum(slot.trainable for slot in slots)
+  else:
+    tree: dict = {}
+    for name, value in tensors:
+      *parents, leaf = name.split("/")
+      node = tree
+      for key in parents:
+        node = node.setdefault(key, {})
+      node[leaf] = value
+    names = convert._flax_names(model, x_shape, tree)
+    sizes = dict((tuple(k.split("/")), v.size) for k, v in tensors)
+    assert sorted(names.values()) == sorted(sizes)
+    assert all(sizes[names[slot.path]] == int(np.prod(slot.shape)) for slot in slots)
