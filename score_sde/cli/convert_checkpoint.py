@@ -4,8 +4,10 @@
       --config configs/cifar10/ve_ncsnpp_continuous.py --workdir runs/ncsnpp_cifar10
 
 --source is a score_sde checkpoint (flax msgpack `checkpoint_<N>`) or a score_sde_pytorch one
-(`.pth`, read without PyTorch and without running pickled code), told apart by content. The workdir gets one snapshot at the checkpoint's step: the converted parameters,
-their EMA, a fresh optimizer state for this config, and the config (with any --config.* overrides).
+(`.pth`, read without PyTorch and without running pickled code), told apart by content. The
+workdir gets one snapshot at the checkpoint's step: the converted parameters, their EMA, a fresh
+optimizer state for this config, and the config (with any --config.* overrides). Released DDPM
+checkpoints need `--config.model.name=ddpm_score_sde` (score_sde's layout of DDPM).
 Nothing is written unless the whole conversion succeeds; an existing non-empty --workdir is refused.
 """
 from __future__ import annotations
@@ -16,7 +18,6 @@ import pathlib
 import shutil
 import sys
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
