@@ -1,6 +1,7 @@
 """The torch-free .pth reader on files crafted here the way torch.save lays them out (no torch needed)."""
 import io
 import os
+import pathlib
 import pickle
 import struct
 import zipfile
@@ -186,3 +187,18 @@ def test_non_checkpoint_files(tmp_path):
     torch_pickle.load_pth(tmp_path / "list.pth")
   with pytest.raises(FileNotFoundError):
     torch_pickle.load_pth(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_reads_files_written_by_torch(fmt):
+  """torch 2.13's own torch.save output (tests/fixtures/make_reference_fixtures.py), both formats."""
+  fixtures = pathlib.Path(__file__).parent / "fixtures" / "reference"
+  expected = np.load(fixtures / "torch_formats.npz")
+  loaded = torch_pickle.load_pth(fixtures / f"torch_formats_{fmt}.pth")
+  for name in expected.files:
+    assert loaded["state_dict"][name].dtype == expected[name].dtype, name
+    np.testing.assert_array_equal(loaded["state_dict"][name], expected[name])
+  np.testing.assert_array_equal(loaded["shared"][0], expected["view"])
+  np.testing.assert_array_equal(loaded["shared"][1][:, 1::2], expected["view"])
+  assert loaded["step"] == 3
+  np.testing.assert_array_equal(loaded["param"], np.ones(2, np.float32))
