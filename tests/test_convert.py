@@ -19,7 +19,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "reference"
 # The default suite checks one case per code path of the reader (zip .pth, msgpack) and the VE / VP /
 # sub-VP score functions; every other architecture x format case runs with the slow tests.
 CASES = ["ncsnpp_cifar10", "ddpmpp", "jax_ncsnv2"] + [pytest.param(name, marks=pytest.mark.slow) for name in (
-    "ncsnpp_256", "ddpm", "jax_ncsnpp_cifar10", "jax_ncsnpp_256", "jax_ddpm")]
+    "ncsnpp_256", "ddpm", "ncsnpp_smld", "jax_ncsnpp_cifar10", "jax_ncsnpp_256", "jax_ddpm")]
 TOLERANCE = 1e-4  # max |ours - reference| / max |reference|
 
 
