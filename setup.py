@@ -21,7 +21,9 @@ setup(
         "absl-py>=2.0,<3",
         "scikit-learn>=1.3,<2",
         "tensorboardX>=2.6,<3",
+        "ml_dtypes>=0.4,<1",
     ],
+    entry_points={"console_scripts": ["score-sde-convert-checkpoint=score_sde.cli.convert_checkpoint:run"]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "tfds": ["tensorflow-datasets>=4.9,<5", "importlib_resources>=6", "grain>=0.2,<0.3"],

@@ -24,3 +24,23 @@ def build_ddpm(config) -> ncsnpp.NCSNpp:
   """
   ncsnpp.check_unet_config(config)
   return ncsnpp.NCSNpp(**{**ncsnpp.unet_kwargs(config), **DDPM_SETTINGS})
+
+
+# score_sde's port of DDPM, the layout of its released DDPM checkpoints (vp/cifar10_ddpm,
+# vp/cifar10_ddpm_continuous, subvp/cifar10_ddpm_continuous): one attention block per up-path
+# resolution and GroupNorm with 32 groups everywhere.
+SCORE_SDE_DDPM_SETTINGS = {**DDPM_SETTINGS, "attend_every_up_block": False, "normalization": "GroupNorm32"}
+
+
+@register_model("ddpm_score_sde")
+def build_ddpm_score_sde(config) -> ncsnpp.NCSNpp:
+  """score_sde's DDPM (models/ddpm.py of score_sde / score_sde_pytorch): 35,218,947 parameters on CIFAR-10.
+
+  Computes what the reference computes (tests/test_convert.py); convert a released DDPM checkpoint
+  with `--config.model.name=ddpm_score_sde`. Its normalization is fixed (GroupNorm, 32 groups).
+  """
+  if config.model.normalization != "GroupNorm":
+    raise ValueError(f"model.normalization={config.model.normalization!r}: score_sde's DDPM has GroupNorm "
+                     "(32 groups) only")
+  ncsnpp.check_unet_config(config)
+  return ncsnpp.NCSNpp(**{**ncsnpp.unet_kwargs(config), **SCORE_SDE_DDPM_SETTINGS})

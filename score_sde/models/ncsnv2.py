@@ -10,7 +10,6 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from score_sde.models import layers, normalization
 from score_sde.models.registry import register_model
@@ -43,23 +42,13 @@ def mean_pool(x: Array) -> Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
-def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """[n_out, n_in] linear interpolation weights with the end samples of both grids aligned."""
-  positions = np.linspace(0.0, n_in - 1.0, n_out) if n_out > 1 else np.zeros(1)
-  low = np.floor(positions).astype(int)
-  high = np.minimum(low + 1, n_in - 1)
-  frac = positions - low
-  weights = np.zeros((n_out, n_in), np.float32)
-  np.add.at(weights, (np.arange(n_out), low), 1.0 - frac)
-  np.add.at(weights, (np.arange(n_out), high), frac)
-  return weights
-
-
 def resize_bilinear(x: Array, shape: Sequence[int]) -> Array:
-  """Bilinear resize of [B, H, W, C] to `shape` = (H', W') with align_corners=True (RefineNet's MSF)."""
-  rows = jnp.asarray(_align_corners_matrix(x.shape[1], shape[0]), x.dtype)
-  cols = jnp.asarray(_align_corners_matrix(x.shape[2], shape[1]), x.dtype)
-  return jnp.einsum("hH,bHWc,wW->bhwc", rows, x, cols)
+  """Bilinear resize of [B, H, W, C] to `shape` = (H', W') (RefineNet's multi-resolution fusion).
+
+  Half-pixel sample positions (`jax.image.resize`), as score_sde's NCSNv2, whose released weights
+  this must reproduce (tests/test_convert.py); the PyTorch NCSNv2 code uses align_corners=True.
+  """
+  return jax.image.resize(x, (x.shape[0], *shape, x.shape[-1]), "bilinear")
 
 
 class ResidualBlock(nn.Module):

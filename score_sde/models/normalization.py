@@ -44,6 +44,11 @@ def _group_norm(x: Array, dtype: jnp.dtype) -> Array:
   return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32)(x)
 
 
+def _group_norm_32(x: Array, dtype: jnp.dtype) -> Array:
+  """GroupNorm with 32 groups (min(C, 32)), as Ho et al.'s DDPM and score_sde's port of it."""
+  return nn.GroupNorm(num_groups=min(x.shape[-1], 32), epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32)(x)
+
+
 def _instance_norm(x: Array, dtype: jnp.dtype) -> Array:
   """Per-sample, per-channel normalization over H, W with a learned affine map."""
   return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32)(x)
@@ -51,6 +56,7 @@ def _instance_norm(x: Array, dtype: jnp.dtype) -> Array:
 
 NORMALIZATIONS: dict[str, Callable[[Array, jnp.dtype], Array]] = {
     "GroupNorm": _group_norm,
+    "GroupNorm32": _group_norm_32,
     "InstanceNorm": _instance_norm,
     "InstanceNorm++": lambda x, dtype: InstanceNormPlus(dtype=dtype)(x),
 }

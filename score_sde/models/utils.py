@@ -41,14 +41,16 @@ def _vp_score(sde: sde_lib.VPSDE, model_fn, x: Array, t: Array, continuous: bool
   """Noise-prediction network eps(x, label): score = -eps / sigma_t (THEORY.md §1).
 
   Labels are 999 t in continuous time (and always for sub-VP, which has no discrete chain), else
-  the DDPM step index i = t (N - 1) with the chain's own sqrt(1 - abar_i).
+  the fractional DDPM step t (N - 1), divided by the chain's own sqrt(1 - abar_i) at the truncated
+  index i = floor(t (N - 1)) — exactly as score_sde's get_score_fn, so released discrete-time
+  checkpoints give the reference's scores (tests/test_convert.py).
   """
   if continuous or isinstance(sde, sde_lib.subVPSDE):
     _, std = sde.marginal_coeffs(t)
     return -model_fn(x, t * 999) / sde_lib.batch_broadcast(std, x)
-  index = jnp.round(t * (sde.N - 1)).astype(jnp.int32)
-  std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[index]
-  return -model_fn(x, index.astype(x.dtype)) / sde_lib.batch_broadcast(std, x)
+  labels = t * (sde.N - 1)
+  std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[labels.astype(jnp.int32)]
+  return -model_fn(x, labels) / sde_lib.batch_broadcast(std, x)
 
 
 def _ve_score(sde: sde_lib.VESDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
