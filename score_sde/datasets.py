@@ -21,9 +21,11 @@ A source without its own test split holds out its last `config.data.num_heldout`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
+import logging
 import pathlib
 import socket
 import sys
@@ -225,6 +227,18 @@ def _reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+  """Only errors from absl logging (tfds logs through it) inside the block."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 @dataclasses.dataclass(frozen=True)
 class TFDSSource:
   """A random-access TFDS split; images are cropped/resized to `image_size` as they are fetched."""
@@ -253,7 +267,8 @@ def _tfds(config: ml_collections.ConfigDict, split: str) -> TFDSSource:
   except ImportError as e:
     raise DatasetUnavailableError(f"{hint} (tensorflow_datasets is not installed: pip install -e '.[tfds]')") from e
   try:
-    source = tfds.data_source(name, split=split, download=False)
+    with _absl_warnings_off():  # "no dataset_info.json" and the like: the message below says it
+      source = tfds.data_source(name, split=split, download=False)
   except Exception:  # tfds raises assorted errors for unprepared data; the download decides below
     if not _reachable(_DOWNLOAD_HOST):
       raise DatasetUnavailableError(hint) from None
