@@ -43,13 +43,13 @@ def main(argv):
   setup = train.build(config)
   sample_fn = evaluate.get_sample_fn(config, setup.sde, setup.model, FLAGS.num_samples)
   tic = time.perf_counter()
-  samples, nfe = sample_fn(setup.keys.sample, train.evaluation_params(config, state))
+  samples, nfe = sample_fn(setup.keys.sample, train.evaluation_params(state))
   evaluate.save_image_grid(workdir / "samples.png", np.asarray(samples))
   print(f"sampled {FLAGS.num_samples} digits with the probability-flow ODE ({config.sampling.solver}, "
         f"{int(nfe)} score evaluations, {time.perf_counter() - tic:.0f} s) -> {workdir / 'samples.png'}")
 
   tic = time.perf_counter()
-  params = train.evaluation_params(config, state)
+  params = train.evaluation_params(state)
   bpd, bpd_nfe = evaluate.bits_per_dim_over_split(setup.keys.likelihood, config, setup.sde, setup.model, params,
                                                   "test", config.eval.bpd_num_examples, progress=True)
   print(f"test bits/dim: {bpd.mean():.3f} +- {bpd.std() / np.sqrt(len(bpd)):.3f} over {len(bpd)} held-out digits "
