@@ -49,6 +49,9 @@ def test_every_expected_error_is_one_line_and_leaves_nothing_behind(tmp_path, to
   (tmp_path / "not_images").mkdir()
   (tmp_path / "not_images" / "notes.txt").write_text("no images here")
   new = tmp_path / "new"  # no program may create it
+  damaged = shutil.copytree(toy_run, tmp_path / "damaged")
+  for array_file in (damaged / "checkpoints" / "2" / "state").rglob("d/*"):
+    array_file.unlink()
   two_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   cases = [
       (_program("train", f"--config={DIGITS}", f"--workdir={new}", "--config.data.path=/no/such/folder"),
@@ -65,6 +68,7 @@ def test_every_expected_error_is_one_line_and_leaves_nothing_behind(tmp_path, to
       (_program("sample", f"--workdir={toy_run}", "--inpaint=center"), "need an image model"),
       (_program("sample", f"--workdir={new}"), f"--workdir={new} is not a directory"),
       (_program("likelihood", f"--workdir={new}"), f"--workdir={new} is not a directory"),
+      (_program("likelihood", f"--workdir={damaged}"), "checkpoint"),  # no orbax "Task exception" flood
       (_program("train_classifier", f"--config={TOY}", f"--workdir={new}"), "needs labelled images"),
   ]
   start = time.perf_counter()

@@ -3,6 +3,7 @@ failed runs recorded while the others run."""
 import csv
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -97,6 +98,7 @@ def test_a_failing_run_is_recorded_and_the_next_one_still_runs(tmp_path):
   result = _sweep(tmp_path, "--grid=data.dataset=files,checkerboard", "--set=training.n_iters=2", "--set=training.batch_size=16",
                   "--set=training.snapshot_sampling=False", "--set=model.nf=8", check=False)
   assert result.returncode == 1 and "1 of 2 runs failed" in result.stderr and "Traceback" not in result.stderr
+  assert not re.search(r"^I\d{4} ", result.stderr, re.M)  # no absl/orbax INFO lines without --verbose
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     rows = {r["run"]: r for r in csv.DictReader(f)}
   assert rows["dataset=files"]["status"] == "failed" and "needs config.data.path" in rows["dataset=files"]["reason"]
