@@ -4,6 +4,7 @@ demo and classifier programs run; a non-editable install trains, samples and eva
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -176,3 +177,16 @@ def test_a_non_editable_install_trains_samples_and_evaluates_from_anywhere(tmp_p
   console("likelihood", "--workdir", "run", "--num_examples=8", "--batch_size=8")
   assert (elsewhere / "run" / "samples_cli" / "samples_step4_ddim_nfe6_seed0.npz").exists()  # 5 steps + denoising
   assert json.loads((elsewhere / "run" / "eval" / "bpd_test_4_first8.json").read_text())["ode_bpd"]["mean"] > 0
+
+
+def test_every_leaf_config_has_the_fields_of_base_and_each_is_read_by_the_code():
+  """A field only a leaf config sets would be dropped by with_defaults; a field no code names does nothing."""
+  def fields(tree: dict, prefix: str = "") -> set[str]:
+    return set().union(*[fields(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k} for k, v in tree.items()])
+
+  expected = fields(base.get_base_config().to_dict())
+  for path in sorted((ROOT / "configs").glob("*/*.py")):
+    assert fields(configs_util.load_config(path).to_dict()) == expected, path
+  code = "\n".join(p.read_text() for p in (ROOT / "score_sde").rglob("*.py"))
+  unread = [f for f in sorted(expected) if not re.search(rf"\.{f.rsplit('.', 1)[-1]}\b|\"{f.rsplit('.', 1)[-1]}\"", code)]
+  assert not unread
