@@ -99,8 +99,8 @@ def test_sample_and_likelihood_name_their_outputs_and_show_progress(tmp_path, to
 
 def test_sampler_options_come_from_the_config_and_the_overrides():
   config = configs_util.load_config(TOY, ["--config.sampling.num_steps=7", "--config.sampling.solver=euler"])
-  assert configs_util.sampler_options(config) == ("ode", {"solver": "euler", "rtol": 1e-4, "atol": 1e-4, "denoise": True,
-                                                          "num_steps": 7})
+  assert configs_util.sampler_options(config) == ("ode", {"solver": "euler", "rtol": 1e-4, "atol": 1e-4,
+                                                          "denoise": True, "num_steps": 7})
   method, options = configs_util.sampler_options(config, method="pc", num_steps=None)
   assert method == "pc" and options["num_steps"] == 7 and options["n_steps"] == config.sampling.n_steps_each
   assert options["denoise"] is config.sampling.noise_removal and "solver" not in options
@@ -188,5 +188,5 @@ def test_every_leaf_config_has_the_fields_of_base_and_each_is_read_by_the_code()
   for path in sorted((ROOT / "configs").glob("*/*.py")):
     assert fields(configs_util.load_config(path).to_dict()) == expected, path
   code = "\n".join(p.read_text() for p in (ROOT / "score_sde").rglob("*.py"))
-  unread = [f for f in sorted(expected) if not re.search(rf"\.{f.rsplit('.', 1)[-1]}\b|\"{f.rsplit('.', 1)[-1]}\"", code)]
-  assert not unread
+  names = {field: field.rsplit(".", 1)[-1] for field in expected}
+  assert not [f for f in sorted(expected) if not re.search(rf"\.{names[f]}\b|\"{names[f]}\"", code)]

@@ -95,8 +95,9 @@ def test_collect_tells_done_failed_and_not_run_apart(tmp_path):
 
 def test_a_failing_run_is_recorded_and_the_next_one_still_runs(tmp_path):
   """The first run names local files without a path: it fails in seconds, the second trains 2 steps."""
-  result = _sweep(tmp_path, "--grid=data.dataset=files,checkerboard", "--set=training.n_iters=2", "--set=training.batch_size=16",
-                  "--set=training.snapshot_sampling=False", "--set=model.nf=8", check=False)
+  result = _sweep(tmp_path, "--grid=data.dataset=files,checkerboard", "--set=training.n_iters=2",
+                  "--set=training.batch_size=16", "--set=training.snapshot_sampling=False", "--set=model.nf=8",
+                  check=False)
   assert result.returncode == 1 and "1 of 2 runs failed" in result.stderr and "Traceback" not in result.stderr
   assert not re.search(r"^I\d{4} ", result.stderr, re.M)  # no absl/orbax INFO lines without --verbose
   with open(tmp_path / "results.csv", encoding="utf-8") as f:

@@ -84,7 +84,7 @@ def _summary(values: np.ndarray) -> dict:
 
 def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int, num_examples: int
                               ) -> dict[str, np.ndarray]:
-  """Per-example bits/dim [num_repeats, num_examples] of each bound of `batch_fn` on the first `num_examples` (0: all)."""
+  """Per-example bits/dim [num_repeats, num_examples] of each bound of `batch_fn`, first `num_examples` (0: all)."""
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   rng = jax.random.key(FLAGS.seed)
   results = {}
