@@ -2,7 +2,8 @@
 
 `run(main, flag_values)` parses the flags (a config file, its `--config.*` overrides and every
 other flag are checked before `main` runs), silences INFO logs unless --verbose, and turns the
-errors a user can cause (`EXPECTED_ERRORS`) into one line on stderr and exit code 1.
+errors a user can cause (`expected_errors()`) into one line on stderr and exit code 1 (with
+--verbose, the traceback too: a ValueError may also come from a bug).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def define_verbose_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  flags.DEFINE_bool("verbose", False, "show the INFO logs of absl, orbax and JAX (default: warnings only)",
-                    flag_values=flag_values)
+  flags.DEFINE_bool("verbose", False, "show the INFO logs of absl, orbax and JAX (default: warnings only) and the "
+                    "traceback of an error", flag_values=flag_values)
 
 
 def define_checkpoint_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -81,7 +82,7 @@ def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = f
     try:
       main(argv)
     except Exception as e:  # pylint: disable=broad-except  (re-raised below unless expected)
-      if not isinstance(e, expected_errors()):
+      if flag_values.verbose or not isinstance(e, expected_errors()):
         raise
       sys.exit(f"{pathlib.Path(sys.argv[0]).name}: error: {one_line(e)}")
 
