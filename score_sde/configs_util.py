@@ -127,7 +127,7 @@ def sampler_options(config: ml_collections.ConfigDict, **overrides) -> tuple[str
   (`method=`, or any option of the method; None keeps the config's) replace them, e.g. a script's
   --method and --num_steps. Raises ValueError for an unknown method or an option it does not take.
   """
-  from score_sde import sampling  # pylint: disable=import-outside-toplevel  (it reads configs at runtime only)
+  from score_sde import sampling  # pylint: disable=import-outside-toplevel  (loading a config needs no JAX)
   overrides = {name: value for name, value in overrides.items() if value is not None}
   method = overrides.pop("method", config.sampling.method)
   accepted = sampling.options_of(method)
@@ -141,7 +141,7 @@ def sampler_options(config: ml_collections.ConfigDict, **overrides) -> tuple[str
   return method, {name: value for name, value in options.items() if name in accepted}
 
 
-def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues) -> list[str]:
+def parse_config_flags(argv: Sequence[str], flag_values: flags.FlagValues) -> list[str]:
   """absl flags parser for scripts: a bad flag, config file or config field exits with one line naming it.
 
   The file of a `config` flag is found by `resolve_config_path`; a loaded config

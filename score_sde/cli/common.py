@@ -86,4 +86,4 @@ def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = f
         raise
       sys.exit(f"{pathlib.Path(sys.argv[0]).name}: error: {one_line(e)}")
 
-  app.run(guarded_main, flags_parser=lambda argv: configs_util.parse_flags(argv, flag_values))
+  app.run(guarded_main, flags_parser=lambda argv: configs_util.parse_config_flags(argv, flag_values))
