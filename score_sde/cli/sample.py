@@ -4,8 +4,10 @@
 Loads the EMA parameters (--nouse_ema: the raw ones) of the newest (or --step) checkpoint of
 --workdir and the config saved with it, samples in batches with the sampler of the config
 (`configs_util.sampler_options`: config.sampling.*, replaced by --method and --num_steps) and writes
-<out>/samples_step<K>_<method>_nfe<N>_seed<S>.npz (images in [0, 1], labels) and a PNG grid of the
-same name, N being the score evaluations per batch; another step, method or seed never overwrites it.
+<out>/samples_step<K>_<method>_nfe<N>_seed<S>.npz (images in [0, 1], labels; `inpainting_<MASK>_...` or
+`colorization_...` for inverse problems) and a PNG grid of the same name, N being the score
+evaluations per batch; another step, method or seed never overwrites it (--out: default
+<workdir>/samples_cli).
 Conditioning (score_sde/controllable.py):
   --class_label K [--guidance_scale W]   classifier-free guidance of a class-conditional model
                                          (model.num_classes > 0); W = 1 is the plain conditional
