@@ -78,7 +78,7 @@ def test_run_mode_trains_every_run_and_tabulates_them(tmp_path):
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert [r["run"] for r in rows] == ["sde=vpsde", "sde=subvpsde"]
-  assert all(r["step"] == "10" and float(r["loss"]) > 0 for r in rows)
+  assert all(r["status"] == "done" and r["step"] == "10" and float(r["loss"]) > 0 for r in rows)
   assert rows[0]["loss"] != rows[1]["loss"]
 
 
