@@ -182,6 +182,16 @@ def _as_nhwc(images: np.ndarray, path: pathlib.Path) -> np.ndarray:
   return images[..., None] if images.ndim == 3 else images
 
 
+def _read_png(path: pathlib.Path, num_channels: int) -> np.ndarray:
+  """uint8 [H, W, num_channels]; ValueError naming a file that is not an image."""
+  try:
+    with Image.open(path) as image:
+      pixels = np.asarray(image.convert({1: "L", 3: "RGB"}[num_channels]))
+  except OSError as e:  # PIL.UnidentifiedImageError and truncated files
+    raise ValueError(f"{path} under config.data.path is not a readable PNG ({e})") from e
+  return pixels.reshape(pixels.shape[0], pixels.shape[1], num_channels)
+
+
 def _png_folder(path: pathlib.Path, split: str, num_heldout: int, num_channels: int) -> ArraySource:
   """PNGs under `path` (sorted); `path/train` and `path/test` subfolders are the splits if present."""
   if (path / "train").is_dir() and (path / "test").is_dir():
@@ -189,8 +199,7 @@ def _png_folder(path: pathlib.Path, split: str, num_heldout: int, num_channels: 
   files = sorted(path.rglob("*.png"))
   if not files:
     raise FileNotFoundError(f"config.data.path={str(path)!r} holds no IDX files, .npz or PNGs")
-  mode = {1: "L", 3: "RGB"}[num_channels]
-  images = [np.asarray(Image.open(f).convert(mode)).reshape(Image.open(f).height, -1, num_channels) for f in files]
+  images = [_read_png(f, num_channels) for f in files]
   shapes = {im.shape for im in images}
   if len(shapes) > 1:
     raise ValueError(f"PNGs under {path} have different shapes {sorted(shapes)}")

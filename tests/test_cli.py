@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from score_sde import configs_util, train
+from score_sde import configs_util, datasets, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "configs/toy/vp_mlp.py")
@@ -190,3 +190,10 @@ def test_every_leaf_config_has_the_fields_of_base_and_each_is_read_by_the_code()
   code = "\n".join(p.read_text() for p in (ROOT / "score_sde").rglob("*.py"))
   names = {field: field.rsplit(".", 1)[-1] for field in expected}
   assert not [f for f in sorted(expected) if not re.search(rf"\.{names[f]}\b|\"{names[f]}\"", code)]
+
+
+def test_a_png_that_is_not_an_image_is_named(tmp_path):
+  (tmp_path / "a.png").write_bytes(b"not a png")
+  config = configs_util.load_config(DIGITS, [f"--config.data.path={tmp_path}", "--config.data.num_heldout=1"])
+  with pytest.raises(ValueError, match="a.png under config.data.path is not a readable PNG"):
+    datasets.get_source(config, "train")
