@@ -60,11 +60,23 @@ def check_training_inputs(config) -> None:
 
 
 def quiet_logs(verbose: bool) -> None:
-  """Warnings only (absl, orbax, asyncio's 'Task exception was never retrieved'), or everything with --verbose."""
+  """Warnings only, or everything with --verbose.
+
+  Quiet also drops what orbax's event loop leaves behind when a restore fails (asyncio's "Task
+  exception was never retrieved", tensorstore callbacks hitting "Event loop is closed"): the error
+  itself is reported in one line.
+  """
   level = logging.INFO if verbose else logging.WARNING
   absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
   logging.getLogger().setLevel(level)
   logging.getLogger("asyncio").setLevel(logging.INFO if verbose else logging.CRITICAL)
+  if not verbose:
+    sys.unraisablehook = _drop_closed_event_loop
+
+
+def _drop_closed_event_loop(unraisable) -> None:
+  if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+    sys.__unraisablehook__(unraisable)
 
 
 def one_line(error: BaseException) -> str:
@@ -86,4 +98,14 @@ def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = f
         raise
       sys.exit(f"{pathlib.Path(sys.argv[0]).name}: error: {one_line(e)}")
 
+  _list_in_help(flag_values)
   app.run(guarded_main, flags_parser=lambda argv: configs_util.parse_config_flags(argv, flag_values))
+
+
+def _list_in_help(flag_values: flags.FlagValues) -> None:
+  """--help lists the key flags of the main module (a console script or scripts/<name>.py, which define
+  none): make the flags of score_sde's modules key flags of it."""
+  for module, module_flags in flag_values.flags_by_module_dict().items():
+    if module.startswith("score_sde"):
+      for flag in module_flags:
+        flag_values.register_key_flag_for_module(sys.argv[0], flag)
