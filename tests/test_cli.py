@@ -76,7 +76,8 @@ def test_every_expected_error_is_one_line_and_leaves_nothing_behind(tmp_path, to
   start = time.perf_counter()
   for process, message in cases:
     _assert_one_line_error(process, message)
-  assert all(f"--{flag}:" in usage.communicate(timeout=TIMEOUT_S)[0] for flag in ("num_steps", "step", "use_ema"))
+  help_text = usage.communicate(timeout=TIMEOUT_S)[0]  # the flags of score_sde/cli/sample.py and common.py
+  assert all(re.search(rf"--(\[no\])?{flag}:", help_text) for flag in ("num_steps", "step", "use_ema", "verbose"))
   assert time.perf_counter() - start < 120  # the TFDS case among them: seconds, not a download timeout
   assert not new.exists()
   assert sorted(p.name for p in toy_run.iterdir()) == ["checkpoints", "checkpoints-meta", "metrics.jsonl", "samples",
