@@ -5,7 +5,10 @@ setup(
     name="score_sde",
     version="0.1.0",
     description="Score-based generative modeling through SDEs in JAX/Flax",
-    packages=find_packages(include=["score_sde", "score_sde.*"]),
+    # configs/ ships too: leaf configs import `configs.default_*`, and `--config configs/toy/vp_mlp.py`
+    # resolves against the installed package when the path does not exist where the command runs.
+    packages=find_packages(include=["score_sde", "score_sde.*", "configs"]),
+    package_data={"configs": ["*/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7,<0.11",
@@ -23,7 +26,10 @@ setup(
         "tensorboardX>=2.6,<3",
         "ml_dtypes>=0.4,<1",
     ],
-    entry_points={"console_scripts": ["score-sde-convert-checkpoint=score_sde.cli.convert_checkpoint:run"]},
+    entry_points={"console_scripts": [
+        f"score-sde-{name.replace('_', '-')}=score_sde.cli.{name}:run"
+        for name in ("train", "sample", "likelihood", "sweep", "train_classifier", "demo",
+                     "convert_checkpoint")]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "tfds": ["tensorflow-datasets>=4.9,<5", "importlib_resources>=6", "grain>=0.2,<0.3"],

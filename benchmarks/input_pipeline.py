@@ -15,13 +15,11 @@ import argparse
 import contextlib
 import pathlib
 import statistics
-import sys
 import time
 
 from absl import logging
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root: `configs`
-from score_sde import configs_util, datasets  # pylint: disable=wrong-import-position
+from score_sde import configs_util, datasets
 
 SHAPES = {"MNIST": (28, 1), "CIFAR10": (32, 3), "CELEBA": (64, 3)}
 

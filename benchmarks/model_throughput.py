@@ -10,17 +10,14 @@ Most of the run time is XLA compiling the eight gradient functions (about a minu
 from __future__ import annotations
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository root: `configs`
-from configs import base  # noqa: E402  pylint: disable=wrong-import-position
-from score_sde.models import get_model  # noqa: E402  pylint: disable=wrong-import-position
+from configs import base
+from score_sde.models import get_model
 
 # family -> (model.name, training.sde, model fields on top of the small width)
 FAMILIES = {

@@ -26,7 +26,6 @@ if not WORKER:  # two host devices for the in-process rows, forced before jax lo
 import jax  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from score_sde import configs_util, datasets, parallel, train  # noqa: E402
 

@@ -36,23 +36,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   sampling.n_steps_each = 1
   sampling.snr = 0.16
   sampling.noise_removal = True
-  sampling.probability_flow = False
   sampling.solver = "tsit5"  # probability-flow ODE solver (method "ode")
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
   sampling.num_steps = 0  # 0: adaptive ODE steps / the SDE's N for PC; else a fixed step count
 
   config.eval = evaluate = ml_collections.ConfigDict()
-  evaluate.begin_ckpt = 1
-  evaluate.end_ckpt = 26
   evaluate.batch_size = 1024
-  evaluate.enable_sampling = False
-  evaluate.num_samples = 50000
-  evaluate.enable_loss = True
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
-  evaluate.bpd_num_examples = 0  # 0: the whole split
-  evaluate.use_ema = True  # sample and evaluate the EMA parameters (else the raw ones)
+  evaluate.bpd_num_examples = 0  # examples of bpd_dataset evaluated after training and by scripts/likelihood.py; 0: all
   evaluate.rtol = 1e-5  # likelihood ODE tolerances
   evaluate.atol = 1e-5
 

@@ -15,7 +15,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.log_freq = 50
   training.eval_freq = 100
   config.sampling.snr = 0.17
-  config.eval.enable_sampling = True
   data = config.data
   data.dataset = "CELEBA"
   data.image_size = 64

@@ -15,8 +15,6 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.log_freq = 50
   training.eval_freq = 100
   config.sampling.snr = 0.16
-  config.eval.begin_ckpt = 9
-  config.eval.end_ckpt = 26
   data = config.data
   data.dataset = "CIFAR10"
   data.image_size = 32

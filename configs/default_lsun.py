@@ -16,10 +16,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   training.eval_freq = 100
   config.sampling.snr = 0.075
   evaluate = config.eval
-  evaluate.begin_ckpt = 50
-  evaluate.end_ckpt = 96
   evaluate.batch_size = 512
-  evaluate.enable_sampling = True
   data = config.data
   data.dataset = "LSUN/church_outdoor"
   data.image_size = 256

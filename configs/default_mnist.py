@@ -23,6 +23,7 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate = config.eval
   evaluate.batch_size = 250
   evaluate.enable_bpd = True
+  evaluate.bpd_num_examples = 500  # a bounded end-of-run evaluation; --num_examples 0 in scripts/likelihood.py: all
   evaluate.rtol = 1e-4
   evaluate.atol = 1e-4
 

@@ -21,9 +21,11 @@ A source without its own test split holds out its last `config.data.num_heldout`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
+import logging
 import pathlib
 import socket
 import sys
@@ -180,6 +182,16 @@ def _as_nhwc(images: np.ndarray, path: pathlib.Path) -> np.ndarray:
   return images[..., None] if images.ndim == 3 else images
 
 
+def _read_png(path: pathlib.Path, num_channels: int) -> np.ndarray:
+  """uint8 [H, W, num_channels]; ValueError naming a file that is not an image."""
+  try:
+    with Image.open(path) as image:
+      pixels = np.asarray(image.convert({1: "L", 3: "RGB"}[num_channels]))
+  except OSError as e:  # PIL.UnidentifiedImageError and truncated files
+    raise ValueError(f"{path} under config.data.path is not a readable PNG ({e})") from e
+  return pixels.reshape(pixels.shape[0], pixels.shape[1], num_channels)
+
+
 def _png_folder(path: pathlib.Path, split: str, num_heldout: int, num_channels: int) -> ArraySource:
   """PNGs under `path` (sorted); `path/train` and `path/test` subfolders are the splits if present."""
   if (path / "train").is_dir() and (path / "test").is_dir():
@@ -187,8 +199,7 @@ def _png_folder(path: pathlib.Path, split: str, num_heldout: int, num_channels: 
   files = sorted(path.rglob("*.png"))
   if not files:
     raise FileNotFoundError(f"config.data.path={str(path)!r} holds no IDX files, .npz or PNGs")
-  mode = {1: "L", 3: "RGB"}[num_channels]
-  images = [np.asarray(Image.open(f).convert(mode)).reshape(Image.open(f).height, -1, num_channels) for f in files]
+  images = [_read_png(f, num_channels) for f in files]
   shapes = {im.shape for im in images}
   if len(shapes) > 1:
     raise ValueError(f"PNGs under {path} have different shapes {sorted(shapes)}")
@@ -225,6 +236,18 @@ def _reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+  """Only errors from absl logging (tfds logs through it) inside the block."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 @dataclasses.dataclass(frozen=True)
 class TFDSSource:
   """A random-access TFDS split; images are cropped/resized to `image_size` as they are fetched."""
@@ -253,7 +276,8 @@ def _tfds(config: ml_collections.ConfigDict, split: str) -> TFDSSource:
   except ImportError as e:
     raise DatasetUnavailableError(f"{hint} (tensorflow_datasets is not installed: pip install -e '.[tfds]')") from e
   try:
-    source = tfds.data_source(name, split=split, download=False)
+    with _absl_warnings_off():  # "no dataset_info.json" and the like: the message below says it
+      source = tfds.data_source(name, split=split, download=False)
   except Exception:  # tfds raises assorted errors for unprepared data; the download decides below
     if not _reachable(_DOWNLOAD_HOST):
       raise DatasetUnavailableError(hint) from None

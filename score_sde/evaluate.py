@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
-from score_sde import checkpoint, datasets, likelihood, losses, models, parallel, sampling, testing
+from score_sde import checkpoint, configs_util, datasets, likelihood, losses, models, parallel, sampling, testing
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -33,17 +34,6 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None
   return checkpoint.restore_run(workdir, step, template_fn=state_template)
 
 
-def sampling_options(config: ml_collections.ConfigDict) -> dict:
-  """The `config.sampling` fields that `sampling.sample(method=config.sampling.method)` accepts."""
-  s = config.sampling
-  candidates = {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "predictor": s.predictor,
-                "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps_each, "denoise": s.noise_removal}
-  if s.num_steps > 0:
-    candidates["num_steps"] = s.num_steps
-  accepted = sampling.options_of(s.method)
-  return {name: value for name, value in candidates.items() if name in accepted}
-
-
 def get_sample_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module, num_samples: int
                   ) -> Callable[[Array, object], tuple[Array, Array]]:
   """Jitted (rng, params) -> (samples in data space, nfe) with the configured sampler.
@@ -52,12 +42,12 @@ def get_sample_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn
   """
   shape = (num_samples,) + datasets.data_shape(config)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
-  options = sampling_options(config)
+  method, options = configs_util.sampler_options(config)
 
   @jax.jit
   def sample_fn(rng: Array, params) -> tuple[Array, Array]:
     score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    x, nfe = sampling.sample(rng, score_fn, sde, shape, method=config.sampling.method, **options)
+    x, nfe = sampling.sample(rng, score_fn, sde, shape, method=method, **options)
     return inverse_scaler(x), nfe
 
   return sample_fn
@@ -119,22 +109,27 @@ def map_over_split(rng: Array, batch_fn: Callable[[Array, Any, Array], Any], par
 
 def bits_per_dim_over_split(rng: Array, config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module,
                             params, split: str = "test", num_examples: int = 0, *, batch_size: int | None = None,
-                            mesh: Mesh | None = None) -> tuple[np.ndarray, int]:
+                            mesh: Mesh | None = None, progress: bool = False) -> tuple[np.ndarray, int]:
   """Per-example bits/dim of the first `num_examples` (0: all) examples of `split`, and the total NFE.
 
   Batches of `batch_size` (default config.eval.batch_size) examples are split over `mesh` (default:
   all devices of all processes); every process returns all the results. With
   data.uniform_dequantization the examples are dequantized once ((y + u) / 256), so the mean is an
-  upper bound on the discrete negative log-likelihood in bits/dim.
+  upper bound on the discrete negative log-likelihood in bits/dim. With `progress`, a bar counts
+  the examples done and shows the running bits/dim and score evaluations (NFE).
   """
   mesh = parallel.get_mesh() if mesh is None else mesh
   batches = split_batches(config, split, batch_size or config.eval.batch_size, mesh, num_examples)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   results, total_nfe = [], 0
-  for (logp, nfe), count in map_over_split(rng, get_logp_fn(config, sde, model), params, batches, mesh):
-    results.append(np.asarray(likelihood.bits_per_dim(logp[:count], datasets.data_shape(config),
-                                                      inverse_scaler=inverse_scaler)))
-    total_nfe += int(nfe)
+  with tqdm.tqdm(total=num_examples or None, desc=f"{split} bits/dim", unit="example", dynamic_ncols=True,
+                 disable=not progress) as bar:
+    for (logp, nfe), count in map_over_split(rng, get_logp_fn(config, sde, model), params, batches, mesh):
+      results.append(np.asarray(likelihood.bits_per_dim(logp[:count], datasets.data_shape(config),
+                                                        inverse_scaler=inverse_scaler)))
+      total_nfe += int(nfe)
+      bar.update(count)
+      bar.set_postfix(bpd=f"{np.concatenate(results).mean():.3f}", nfe=total_nfe)
   return np.concatenate(results), total_nfe
 
 

@@ -34,7 +34,7 @@ import tensorboardX
 import tqdm
 from jax.sharding import Mesh
 
-from score_sde import checkpoint, datasets, evaluate, losses, models, parallel
+from score_sde import checkpoint, configs_util, datasets, evaluate, losses, models, parallel
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -284,9 +284,9 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, where: str, a
                              f"{listed(changes)}; pass --allow_config_change to resume with the new values")
 
 
-def evaluation_params(config: ml_collections.ConfigDict, state: TrainState):
-  """The parameters that sampling and bits/dim use: EMA unless config.eval.use_ema is False."""
-  return state.ema_params if config.eval.use_ema else state.params
+def evaluation_params(state: TrainState, use_ema: bool = True):
+  """The parameters that sampling and bits/dim use: the EMA ones (scripts: unless --nouse_ema)."""
+  return state.ema_params if use_ema else state.params
 
 
 def save_samples(config: ml_collections.ConfigDict, samples: np.ndarray, path: pathlib.Path) -> None:
@@ -374,7 +374,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if snapshot:
         ckpt.save(step, state, {**meta, "step": step}, snapshot=True)
         if sample_fn is not None:
-          _snapshot_samples(config, sample_fn, state, setup.keys.sample, step, workdir, writer)
+          _snapshot_samples(config, sample_fn, state, setup.keys.sample, step, workdir, writer,
+                            progress and writer.active)
       if out_of_time:
         break
     if config.eval.enable_bpd and not datasets.is_toy(config):
@@ -396,9 +397,14 @@ def _sharded_sample_fn(config: ml_collections.ConfigDict, setup: Setup):
 
 
 def _snapshot_samples(config, sample_fn, state: TrainState, key: Array, step: int, workdir: pathlib.Path,
-                      writer: MetricWriter) -> None:
-  samples, nfe = sample_fn(jax.random.fold_in(key, step), evaluation_params(config, state))
-  samples = parallel.fetch(samples)
+                      writer: MetricWriter, progress: bool) -> None:
+  method, _ = configs_util.sampler_options(config)
+  with tqdm.tqdm(total=1, desc=f"snapshot samples ({method})", unit="batch", leave=False, disable=not progress,
+                 dynamic_ncols=True) as bar:
+    samples, nfe = sample_fn(jax.random.fold_in(key, step), evaluation_params(state))
+    samples = parallel.fetch(samples)
+    bar.set_postfix(nfe=f"{float(jnp.mean(nfe)):.0f}")
+    bar.update(1)
   path = workdir / "samples" / f"step_{step}.png"
   if writer.active:
     save_samples(config, samples, path)
@@ -415,8 +421,8 @@ def _final_bits_per_dim(config, setup: Setup, state: TrainState, writer: MetricW
   split = config.eval.bpd_dataset
   start = time.perf_counter()
   bpd, nfe = evaluate.bits_per_dim_over_split(setup.keys.likelihood, config, setup.sde,
-                                               setup.model, evaluation_params(config, state), split,
-                                               config.eval.bpd_num_examples)
+                                               setup.model, evaluation_params(state), split,
+                                               config.eval.bpd_num_examples, progress=progress)
   seconds = time.perf_counter() - start
   sem = float(np.std(bpd) / np.sqrt(len(bpd)))
   writer.write(int(state.step), **{f"{split}_bpd": float(np.mean(bpd)), f"{split}_bpd_sem": sem,

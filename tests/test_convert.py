@@ -134,7 +134,7 @@ def test_cli_error_is_one_line(tmp_path):
                            "--source", str(FIXTURES / "ddpmpp.pth"), "--config", str(REPO / meta["our_config"]),
                            "--workdir", str(tmp_path / "run"), *flags], capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines() if line.startswith("convert_checkpoint:")]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("convert_checkpoint.py: error:")]
   assert len(errors) == 1 and "Traceback" not in result.stderr and "module.all_modules" in errors[0]
   assert not (tmp_path / "run").exists()
 

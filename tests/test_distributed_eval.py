@@ -122,10 +122,11 @@ def test_sampling_on_two_processes_equals_one_process(run_dir, tmp_path):
   one = _launch("sample.py", [[*options, f"--out={outs[0]}"]])
   two = _launch("sample.py", [[*options, f"--out={out}"] for out in outs[1:]])
   outputs = _outputs(one + two)
-  samples = [np.load(out / "samples.npz")["samples"] for out in outs[:2]]
+  name = f"samples_step{STEPS}_pc_nfe21_seed5"  # 10 predictor + 10 corrector steps + the denoising step
+  samples = [np.load(out / f"{name}.npz")["samples"] for out in outs[:2]]
   assert samples[0].shape == (10, 2) and samples[0].std() > 0.1
   np.testing.assert_allclose(samples[1], samples[0], rtol=1e-5, atol=1e-5)
-  assert sorted(p.name for p in outs[1].iterdir()) == ["samples.npz", "samples.png"]
+  assert sorted(p.name for p in outs[1].iterdir()) == [f"{name}.npz", f"{name}.png"]
   assert not outs[2].exists() and "written to" not in outputs[2]
 
 

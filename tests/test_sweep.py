@@ -1,16 +1,17 @@
-"""scripts/sweep.py: grid expansion, names, printed commands, the metrics table, config errors up front."""
+"""scripts/sweep.py: grid expansion, names, printed commands, the metrics table, config errors up front,
+failed runs recorded while the others run."""
 import csv
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from score_sde.cli import sweep
 
-import sweep  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TOY = str(ROOT / "configs/toy/vp_mlp.py")
 
@@ -37,7 +38,7 @@ def test_grid_is_the_product_with_the_last_axis_fastest():
 def test_print_mode_prints_one_train_command_per_run(tmp_path):
   out = _sweep(tmp_path, "--mode=print", "--launcher=sbatch --wrap=\"{command}\"", "--grid=training.sde=vpsde,vesde",
                "--set=training.n_iters=7").stdout.splitlines()
-  assert len(out) == 2 and all(line.startswith('sbatch --wrap="') and "scripts/train.py" in line for line in out)
+  assert len(out) == 2 and all(line.startswith('sbatch --wrap="') and "-m score_sde.cli.train" in line for line in out)
   assert f"--workdir={tmp_path}/sde=vesde" in out[1] and out[1].endswith("--config.training.n_iters=7 "
                                                                           '--config.training.sde=vesde"')
   assert _sweep(tmp_path, "--mode=print", "--launcher=srun", check=False).returncode != 0
@@ -62,10 +63,10 @@ def test_collect_builds_csv_and_markdown_from_final_metrics(tmp_path):
   out = _sweep(tmp_path, "--mode=collect", "--grid=training.sde=vpsde,vesde").stdout
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     rows = list(csv.reader(f))
-  assert rows == [["run", "training.sde", "step", "eval_loss", "loss", "test/bpd"],
-                  ["sde=vpsde", "vpsde", "200", "0.6", "0.5", "3.25"],
-                  ["sde=vesde", "vesde", "200", "0.85", "0.75", ""]]
-  assert out.splitlines()[2] == "| sde=vpsde | vpsde | 200 | 0.6 | 0.5 | 3.25 |"
+  assert rows == [["run", "status", "training.sde", "step", "eval_loss", "loss", "test/bpd", "reason"],
+                  ["sde=vpsde", "incomplete", "vpsde", "200", "0.6", "0.5", "3.25", ""],
+                  ["sde=vesde", "incomplete", "vesde", "200", "0.85", "0.75", "", ""]]
+  assert out.splitlines()[2] == "| sde=vpsde | incomplete | vpsde | 200 | 0.6 | 0.5 | 3.25 |  |"
   assert (tmp_path / "results.md").read_text() == out
 
 
@@ -77,5 +78,29 @@ def test_run_mode_trains_every_run_and_tabulates_them(tmp_path):
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert [r["run"] for r in rows] == ["sde=vpsde", "sde=subvpsde"]
-  assert all(r["step"] == "10" and float(r["loss"]) > 0 for r in rows)
+  assert all(r["status"] == "done" and r["step"] == "10" and float(r["loss"]) > 0 for r in rows)
   assert rows[0]["loss"] != rows[1]["loss"]
+
+
+def test_collect_tells_done_failed_and_not_run_apart(tmp_path):
+  (tmp_path / "sde=vpsde" / "checkpoints" / "4000").mkdir(parents=True)  # the toy config's n_iters
+  (tmp_path / "sde=vesde").mkdir()
+  (tmp_path / "sde=vesde" / sweep.STATUS_FILE).write_text(json.dumps({"reason": "error: training diverged"}))
+  _sweep(tmp_path, "--mode=collect", "--grid=training.sde=vpsde,vesde,subvpsde")
+  with open(tmp_path / "results.csv", encoding="utf-8") as f:
+    rows = {r["run"]: (r["status"], r["reason"]) for r in csv.DictReader(f)}
+  assert rows == {"sde=vpsde": ("done", ""), "sde=vesde": ("failed", "error: training diverged"),
+                  "sde=subvpsde": ("not run", "")}
+
+
+def test_a_failing_run_is_recorded_and_the_next_one_still_runs(tmp_path):
+  """The first run names local files without a path: it fails in seconds, the second trains 2 steps."""
+  result = _sweep(tmp_path, "--grid=data.dataset=files,checkerboard", "--set=training.n_iters=2",
+                  "--set=training.batch_size=16", "--set=training.snapshot_sampling=False", "--set=model.nf=8",
+                  check=False)
+  assert result.returncode == 1 and "1 of 2 runs failed" in result.stderr and "Traceback" not in result.stderr
+  assert not re.search(r"^I\d{4} ", result.stderr, re.M)  # no absl/orbax INFO lines without --verbose
+  with open(tmp_path / "results.csv", encoding="utf-8") as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  assert rows["dataset=files"]["status"] == "failed" and "needs config.data.path" in rows["dataset=files"]["reason"]
+  assert rows["dataset=checkerboard"]["status"] == "done"

@@ -1,1 +1,2 @@
-"""Bodies of the command-line scripts (scripts/NAME.py runs score_sde.cli.NAME.run)."""
+"""Command-line programs: `score_sde/cli/<name>.py` defines the absl flags, `main(argv)` and `run()` of
+`scripts/<name>.py` and of the console entry point `score-sde-<name>` (see setup.py)."""

@@ -16,19 +16,21 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from score_sde import checkpoint, configs_util, convert, datasets, losses, models
+from score_sde import checkpoint, convert, datasets, losses, models
+from score_sde.cli import common
 from score_sde.train_state import TrainState
 
 config_flags.DEFINE_config_file("config", None, "leaf config the checkpoint was trained with", lock_config=True)
 flags.DEFINE_string("source", None, "released checkpoint file (score_sde checkpoint_<N> or score_sde_pytorch .pth)")
 flags.DEFINE_string("workdir", None, "new (or empty) directory to write the converted run to")
+common.define_verbose_flag()
+flags.mark_flags_as_required(["config", "source", "workdir"])
 FLAGS = flags.FLAGS
 
 
@@ -73,10 +75,8 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  """Console entry point; expected errors become one line on stderr and exit code 1."""
-  flags.mark_flags_as_required(["config", "source", "workdir"])
-  try:
-    app.run(main, flags_parser=lambda argv: configs_util.parse_config_flags(argv, FLAGS))
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    print(f"convert_checkpoint: {e}", file=sys.stderr)
-    sys.exit(1)
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,111 @@
+"""What every command-line program shares: one-line errors, quiet logs, checkpoint flags, run().
+
+`run(main, flag_values)` parses the flags (a config file, its `--config.*` overrides and every
+other flag are checked before `main` runs), silences INFO logs unless --verbose, and turns the
+errors a user can cause (`expected_errors()`) into one line on stderr and exit code 1 (with
+--verbose, the traceback too: a ValueError may also come from a bug).
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+from typing import Callable, Sequence
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from score_sde import configs_util
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+  """Errors that name a bad input or a state of the workdir, not a bug: shown as one line."""
+  # pylint: disable=import-outside-toplevel  (imported here, so that sweep needs no JAX)
+  from score_sde import checkpoint, datasets, train
+  return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, checkpoint.CheckpointError,
+          datasets.DatasetUnavailableError, train.NonFiniteLossError)
+
+
+def define_verbose_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_bool("verbose", False, "show the INFO logs of absl, orbax and JAX (default: warnings only) and the "
+                    "traceback of an error", flag_values=flag_values)
+
+
+def define_checkpoint_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """--workdir, --step and --use_ema: which run, which checkpoint, which parameters a script reads."""
+  flags.DEFINE_string("workdir", None, "training directory holding checkpoints/ and checkpoints-meta/",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)", flag_values=flag_values)
+  flags.DEFINE_bool("use_ema", True, "use the EMA parameters (--nouse_ema: the raw ones)", flag_values=flag_values)
+  flags.mark_flag_as_required("workdir", flag_values=flag_values)
+
+
+def existing_workdir(workdir: str, flag: str = "--workdir") -> pathlib.Path:
+  """`workdir` as a path; FileNotFoundError if it is not a directory (a reading script never creates it)."""
+  path = pathlib.Path(workdir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"{flag}={workdir} is not a directory; pass the --workdir of a training run")
+  return path
+
+
+def check_training_inputs(config) -> None:
+  """Raises ValueError / FileNotFoundError / DatasetUnavailableError for a config that cannot train,
+  before anything is written: a batch that does not split over the devices, data that do not load."""
+  # pylint: disable=import-outside-toplevel
+  from score_sde import datasets, train
+  train.build(config)
+  if not datasets.is_toy(config):
+    for split in ("train", "test"):
+      datasets.get_source(config, split)
+
+
+def quiet_logs(verbose: bool) -> None:
+  """Warnings only, or everything with --verbose.
+
+  Quiet also drops what orbax's event loop leaves behind when a restore fails (asyncio's "Task
+  exception was never retrieved", tensorstore callbacks hitting "Event loop is closed"): the error
+  itself is reported in one line.
+  """
+  level = logging.INFO if verbose else logging.WARNING
+  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+  logging.getLogger().setLevel(level)
+  logging.getLogger("asyncio").setLevel(logging.INFO if verbose else logging.CRITICAL)
+  if not verbose:
+    sys.unraisablehook = _drop_closed_event_loop
+
+
+def _drop_closed_event_loop(unraisable) -> None:
+  if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+    sys.__unraisablehook__(unraisable)
+
+
+def one_line(error: BaseException) -> str:
+  """The message of `error` on one line (FileNotFoundError from the OS: its strerror and file name)."""
+  if isinstance(error, OSError) and error.filename and error.strerror:
+    return f"{error.strerror}: {error.filename}"
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Parses the flags, then runs main; an expected error exits 1 with one line on stderr."""
+
+  def guarded_main(argv: Sequence[str]) -> None:
+    quiet_logs(flag_values.verbose)
+    try:
+      main(argv)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below unless expected)
+      if flag_values.verbose or not isinstance(e, expected_errors()):
+        raise
+      sys.exit(f"{pathlib.Path(sys.argv[0]).name}: error: {one_line(e)}")
+
+  _list_in_help(flag_values)
+  app.run(guarded_main, flags_parser=lambda argv: configs_util.parse_config_flags(argv, flag_values))
+
+
+def _list_in_help(flag_values: flags.FlagValues) -> None:
+  """--help lists the key flags of the main module (a console script or scripts/<name>.py, which define
+  none): make the flags of score_sde's modules key flags of it."""
+  for module, module_flags in flag_values.flags_by_module_dict().items():
+    if module.startswith("score_sde"):
+      for flag in module_flags:
+        flag_values.register_key_flag_for_module(sys.argv[0], flag)

@@ -1,0 +1,148 @@
+"""Bits/dim of a trained checkpoint over a data split: `score-sde-likelihood --workdir runs/x [--step N]
+--split test [--num_examples M] [--num_repeats K] [--elbo]` (or `python scripts/likelihood.py ...`).
+
+It evaluates the EMA parameters (--nouse_ema: the raw ones) on the first config.eval.bpd_num_examples
+examples of the split (--num_examples replaces it; 0: all), with a bar showing batches, running
+bits/dim and score evaluations (NFE).
+The exact likelihood comes from the probability-flow ODE (likelihood.log_likelihood, Hutchinson
+divergence, tolerances config.eval.rtol/atol); --elbo also reports the DDPM variational bound
+(likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model; --noode --elbo
+computes the bound alone (K network evaluations per example instead of an ODE solve). With
+data.uniform_dequantization each repeat draws new dequantization noise and new probes. Each batch
+is split over all devices of all processes; the noise and probes of batch k depend only on
+(--seed, repeat, k), so any number of processes gives the same result. Several processes: run it
+on each with the flags of score_sde/launch.py (--coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I, or --distributed). Process 0 writes the summary to
+<workdir>/eval/bpd_<split>_<step>[_first<num_examples>].json (and prints it) and the per-example
+bits/dim [num_repeats, num_examples] to the .npz of the same name (ode_bpd, elbo_bpd).
+"""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import tqdm
+from absl import flags
+
+from score_sde import datasets, evaluate, launch, likelihood, models, parallel, train
+from score_sde import sde as sde_lib
+from score_sde.cli import common
+
+common.define_checkpoint_flags()
+flags.DEFINE_alias("checkpoint", "step")  # deprecated name of --step
+flags.DEFINE_enum("split", "test", ["train", "test"], "data split")
+flags.DEFINE_integer("num_examples", None, "examples of the split to evaluate (default: config.eval.bpd_num_examples; "
+                     "0: all)", lower_bound=0)
+flags.DEFINE_integer("num_repeats", 1, "passes over the split, each with fresh dequantization noise and probes")
+flags.DEFINE_integer("batch_size", None, "examples per batch (default: config.eval.batch_size)")
+flags.DEFINE_bool("ode", True, "compute bits/dim through the probability-flow ODE (--noode: the ELBO alone)")
+flags.DEFINE_bool("elbo", False, "also compute the DDPM ELBO bound in bits/dim")
+flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
+flags.DEFINE_integer("elbo_timesteps", 64, "Monte-Carlo draws of the chain step per example for --elbo (0: all)")
+flags.DEFINE_integer("seed", 0, "PRNG seed of the probes and dequantization")
+launch.define_flags()
+common.define_verbose_flag()
+FLAGS = flags.FLAGS
+
+
+def get_elbo_fn(config, sde, model):
+  """Jitted (rng, params, x in [0, 1]) -> DDPM ELBO in nats [B]."""
+  scaler = datasets.get_data_scaler(config)
+
+  @jax.jit
+  def elbo_fn(rng, params, x):
+    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
+    return likelihood.ddpm_elbo(rng, score_fn, sde, scaler(x), num_steps=FLAGS.elbo_steps,
+                                num_timesteps=FLAGS.elbo_timesteps or None)
+
+  return elbo_fn
+
+
+def get_batch_fn(config, sde, model):
+  """(rng, params, x in [0, 1]) -> ({"ode": log p in nats [B] with --ode, "elbo": the DDPM ELBO [B] with --elbo},
+  score evaluations of the ODE solve)."""
+  logp_fn = evaluate.get_logp_fn(config, sde, model) if FLAGS.ode else None
+  elbo_fn = get_elbo_fn(config, sde, model) if FLAGS.elbo else None
+
+  def batch_fn(rng, params, x):
+    bounds, nfe = {}, 0
+    if logp_fn is not None:
+      bounds["ode"], nfe = logp_fn(rng, params, x)
+    if elbo_fn is not None:
+      bounds["elbo"] = elbo_fn(rng, params, x)
+    return bounds, nfe
+
+  return batch_fn
+
+
+def _summary(values: np.ndarray) -> dict:
+  """Mean and standard error over examples of the per-example mean over repeats of values [R, N]."""
+  per_example = np.mean(values, axis=0)
+  return {"mean": float(per_example.mean()), "stderr": float(per_example.std(ddof=1) / np.sqrt(len(per_example)))
+          if len(per_example) > 1 else 0.0, "num_examples": int(len(per_example))}
+
+
+def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int, num_examples: int
+                              ) -> dict[str, np.ndarray]:
+  """Per-example bits/dim [num_repeats, num_examples] of each bound of `batch_fn`, first `num_examples` (0: all)."""
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  rng = jax.random.key(FLAGS.seed)
+  results = {}
+  for repeat in range(FLAGS.num_repeats):
+    if config.data.uniform_dequantization:  # fresh noise for each repeat; the seed also draws toy test sets
+      config.unlock()
+      config.seed = FLAGS.seed + repeat
+    batches = evaluate.split_batches(config, FLAGS.split, batch_size, mesh, num_examples)
+    outputs = evaluate.map_over_split(jax.random.fold_in(rng, repeat), batch_fn, params, batches, mesh)
+    progress = tqdm.tqdm(outputs, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
+                         unit="batch", disable=not parallel.is_main_process())
+    bpd, total_nfe = {}, 0
+    for (bounds, nfe), count in progress:
+      total_nfe += int(nfe)
+      for name, nats in bounds.items():
+        bpd.setdefault(name, []).append(np.asarray(likelihood.bits_per_dim(
+            nats[:count], datasets.data_shape(config), inverse_scaler=inverse_scaler)))
+      running = np.concatenate(next(iter(bpd.values())))
+      progress.set_postfix(bpd=f"{running.mean():.3f}±{running.std() / np.sqrt(len(running)):.3f}", nfe=total_nfe)
+    for name, values in bpd.items():
+      results.setdefault(name, []).append(np.concatenate(values))
+  return {name: np.stack(values) for name, values in results.items()}
+
+
+def main(argv):
+  del argv
+  launch.initialize(FLAGS)
+  if not (FLAGS.ode or FLAGS.elbo):
+    raise ValueError("--noode without --elbo leaves nothing to compute")
+  config, state, step = evaluate.restore_run(common.existing_workdir(FLAGS.workdir), FLAGS.step)
+  params = train.evaluation_params(state, FLAGS.use_ema)
+  sde, model = sde_lib.get_sde(config), models.get_model(config)
+  batch_size = FLAGS.batch_size or config.eval.batch_size
+  num_examples = config.eval.bpd_num_examples if FLAGS.num_examples is None else FLAGS.num_examples
+  mesh = parallel.get_mesh()
+  if batch_size % mesh.size:
+    raise ValueError(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
+  bpd = bits_per_dim_over_repeats(config, get_batch_fn(config, sde, model), params, mesh, batch_size, num_examples)
+  result = {"workdir": str(FLAGS.workdir), "step": int(step), "split": FLAGS.split, "ema": FLAGS.use_ema,
+            "num_repeats": FLAGS.num_repeats}
+  if FLAGS.ode:
+    result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol)
+  if FLAGS.elbo:
+    result["ddpm_elbo_bpd"] = {**_summary(bpd["elbo"]), "num_steps": FLAGS.elbo_steps,
+                               "num_timesteps": FLAGS.elbo_timesteps}
+  if parallel.is_main_process():
+    subset = f"_first{num_examples}" if num_examples else ""
+    out = pathlib.Path(FLAGS.workdir) / "eval" / f"bpd_{FLAGS.split}_{step}{subset}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    np.savez(out.with_suffix(".npz"), **{f"{name}_bpd": values for name, values in bpd.items()})
+    print(json.dumps(result, indent=2))
+    print(f"written to {out}.json (per-example bits/dim [num_repeats, num_examples]: {out}.npz)")
+
+
+def run() -> None:
+  common.run(main)
+
+
+if __name__ == "__main__":
+  run()
