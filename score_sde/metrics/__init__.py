@@ -1,0 +1,6 @@
+"""Sample-quality metrics: FID / IS / KID statistics (`stats`)."""
+from score_sde.metrics.stats import (ClassifierScoreStats, FeatureBank, FeatureStats, frechet_distance,
+                                     frechet_distance_of, inception_score, kernel_distance)
+
+__all__ = ["ClassifierScoreStats", "FeatureBank", "FeatureStats", "frechet_distance", "frechet_distance_of",
+           "inception_score", "kernel_distance"]
