@@ -1,4 +1,4 @@
-"""Sample-quality metrics: FID / IS / KID statistics (`stats`)."""
+"""Sample-quality metrics: FID / IS / KID statistics (`stats`), the FID Inception-v3 network (`inception`)."""
 from score_sde.metrics.stats import (ClassifierScoreStats, FeatureBank, FeatureStats, frechet_distance,
                                      frechet_distance_of, inception_score, kernel_distance)
 
