@@ -22,6 +22,13 @@ setup(
         "scikit-learn>=1.3,<2",
         "tensorboardX>=2.6,<3",
     ],
+    entry_points={
+        "console_scripts": [
+            "score-sde-evaluate=score_sde.cli.evaluate:run",
+            "score-sde-fid-stats=score_sde.cli.fid_stats:run",
+            "score-sde-train-fd-classifier=score_sde.cli.train_fd_classifier:run",
+        ],
+    },
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "tfds": ["tensorflow-datasets>=4.9,<5", "importlib_resources>=6", "grain>=0.2,<0.3"],

@@ -132,3 +132,26 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> ml_c
   except (AttributeError, KeyError, flags.Error) as e:
     raise ConfigError(f"{_message(e)} (overrides: {list(overrides)})") from e
   return validate(flag_values.config)
+
+
+def sampler_options(config: ml_collections.ConfigDict, **overrides) -> tuple[str, dict]:
+  """(method, options) for `sampling.sample`, read from `config.sampling.*`.
+
+  `overrides` (None values ignored) replace config fields: `method`, and any option of the method
+  (e.g. num_steps). The config fields a method does not accept are left out; an override it does
+  not accept raises ValueError. config.sampling.num_steps = 0 leaves num_steps at the method's default.
+  """
+  overrides = {name: value for name, value in overrides.items() if value is not None}
+  # pylint: disable-next=import-outside-toplevel
+  from score_sde import sampling
+  method = overrides.pop("method", config.sampling.method)
+  accepted = sampling.options_of(method)
+  unknown = sorted(set(overrides) - set(accepted))
+  if unknown:
+    raise ValueError(f"option(s) {unknown} do not apply to sampling method {method!r}; it accepts {sorted(accepted)}")
+  s = config.sampling
+  from_config = {"solver": s.solver, "rtol": s.rtol, "atol": s.atol, "predictor": s.predictor,
+                 "corrector": s.corrector, "snr": s.snr, "n_steps": s.n_steps_each, "denoise": s.noise_removal,
+                 "num_steps": s.num_steps if s.num_steps > 0 else None}
+  options = {name: value for name, value in from_config.items() if name in accepted and value is not None}
+  return method, {**options, **overrides}

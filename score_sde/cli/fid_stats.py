@@ -1,0 +1,81 @@
+"""Feature statistics of a dataset split for FID / KID:
+`python scripts/fid_stats.py --config C [--config.data.path=...] --out FILE.npz [--split train]`.
+
+Writes `mu` and `sigma` (the layout of pytorch-fid's published statistics files, e.g. CIFAR-10's,
+which scripts/evaluate.py reads as they are), plus `features` (the first --kid_features feature
+vectors, for KID) and `num_examples`. Images are read without dequantization noise (x / 255), as
+pytorch-fid reads image files. Feature networks: --feature_net=inception (the FID Inception-v3,
+--inception_weights pt_inception-2015-12-05-6726825d.pth) or fd_mnist (--fd_mnist_weights from
+scripts/train_fd_classifier.py). Each batch is split over all devices of all processes; process 0
+writes the file.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import tqdm
+from absl import flags
+from ml_collections import config_flags
+
+from score_sde import configs_util, evaluate, launch, parallel
+from score_sde.cli import entry
+from score_sde.metrics import features, quality, stats
+
+config_flags.DEFINE_config_file("config", None, "leaf config file of the dataset, e.g. configs/cifar10/vp_ddpmpp.py",
+                                lock_config=True)
+flags.DEFINE_string("out", None, "output .npz")
+flags.DEFINE_enum("split", "train", ["train", "test"], "data split")
+flags.DEFINE_integer("num_examples", 0, "examples of the split (0: all)")
+flags.DEFINE_integer("batch_size", None, "images per batch (default: config.eval.batch_size)")
+flags.DEFINE_enum("feature_net", "inception", sorted(features.FEATURE_NETWORKS), "feature network")
+flags.DEFINE_string("inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+flags.DEFINE_string("fd_mnist_weights", None, "weights .npz of scripts/train_fd_classifier.py")
+flags.DEFINE_integer("kid_features", 10_000, "feature vectors kept for KID")
+launch.define_flags()
+flags.mark_flags_as_required(["config", "out"])
+FLAGS = flags.FLAGS
+
+
+def weights_flag() -> str | None:
+  """The weights file of --feature_net."""
+  return {"inception": FLAGS.inception_weights, "fd_mnist": FLAGS.fd_mnist_weights}[FLAGS.feature_net]
+
+
+def dataset_statistics(config, feature_fn, split: str, batch_size: int, num_examples: int, kid_features: int
+                       ) -> tuple[stats.FeatureStats, stats.FeatureBank]:
+  """Streaming statistics and the first `kid_features` features of the split's images (no dequantization)."""
+  config = config.copy_and_resolve_references()
+  config.data.uniform_dequantization = False
+  mesh = parallel.get_mesh()
+  if batch_size % mesh.size:
+    raise ValueError(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
+  summed, bank = None, None
+  batches = evaluate.split_batches(config, split, batch_size, mesh, num_examples)
+  for images, count in tqdm.tqdm(batches, desc=f"features ({split})", unit="batch",
+                                 disable=not parallel.is_main_process()):
+    feats = np.asarray(parallel.fetch(feature_fn(images)[0]))[:count]
+    summed = stats.FeatureStats.of(feats) if summed is None else summed.update(feats)
+    bank = (stats.FeatureBank.empty(kid_features, feats.shape[1]) if bank is None else bank).update(feats)
+  if summed is None:
+    raise ValueError(f"split {split!r} of {config.data.dataset} holds no examples")
+  return summed, bank
+
+
+def main(argv) -> None:
+  del argv
+  launch.initialize(FLAGS)
+  config = FLAGS.config
+  feature_fn = features.get_feature_fn(FLAGS.feature_net, weights_flag())
+  summed, bank = dataset_statistics(config, feature_fn, FLAGS.split, FLAGS.batch_size or config.eval.batch_size,
+                                    FLAGS.num_examples, FLAGS.kid_features)
+  if parallel.is_main_process():
+    out = pathlib.Path(FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quality.save_reference(out, summed, bank)
+    print(f"{summed.count} images of {config.data.dataset} ({FLAGS.split}), {FLAGS.feature_net} features: "
+          f"written to {out}")
+
+
+def run() -> None:
+  entry.run(main, flags_parser=lambda argv: configs_util.parse_config_flags(argv, FLAGS))
