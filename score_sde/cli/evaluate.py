@@ -32,7 +32,7 @@ import numpy as np
 import tqdm
 from absl import flags
 
-from score_sde import configs_util, datasets, evaluate, launch, models, parallel, sampling
+from score_sde import configs_util, evaluate, launch, models, parallel
 from score_sde import sde as sde_lib
 from score_sde.cli import entry
 from score_sde.metrics import features, quality
@@ -68,20 +68,6 @@ def parse_option(text: str) -> tuple[str, object]:
     return name, json.loads(value)
   except json.JSONDecodeError:
     return name, value
-
-
-def get_batch_fn(config, sde, model, method: str, options: dict, feature_fn, shape, mesh):
-  """Jitted (key, params) -> (features, logits, nfe) of one batch of samples in [0, 1], split over `mesh`."""
-  inverse_scaler = datasets.get_data_inverse_scaler(config)
-
-  def batch_fn(key, params):
-    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
-    x = jax.lax.with_sharding_constraint(inverse_scaler(x), parallel.batch_sharding(mesh))
-    feats, logits = feature_fn(x)
-    return feats, logits, nfe
-
-  return jax.jit(batch_fn, out_shardings=(parallel.batch_sharding(mesh),) * 2 + (parallel.replicated(mesh),))
 
 
 def finished_batches(partial: pathlib.Path, settings: dict) -> int:
@@ -149,8 +135,7 @@ def main(argv) -> None:
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "settings.json").write_text(json.dumps(settings))
   sde, model = sde_lib.get_sde(config), models.get_model(config)
-  batch_fn = get_batch_fn(config, sde, model, method, options, feature_fn,
-                          (batch_size,) + datasets.data_shape(config), mesh)
+  batch_fn = evaluate.get_sample_feature_fn(config, sde, model, method, options, feature_fn, batch_size, mesh)
   rng, params = parallel.replicate((jax.random.key(FLAGS.seed), params), mesh)
   progress = tqdm.trange(done, num_batches, initial=done, total=num_batches, unit="batch",
                          desc=f"{method} samples -> {FLAGS.feature_net} features",

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import pathlib
 
-import numpy as np
-import tqdm
 from absl import flags
 from ml_collections import config_flags
 
 from score_sde import configs_util, evaluate, launch, parallel
 from score_sde.cli import entry
-from score_sde.metrics import features, quality, stats
+from score_sde.metrics import features, quality
 
 config_flags.DEFINE_config_file("config", None, "leaf config file of the dataset, e.g. configs/cifar10/vp_ddpmpp.py",
                                 lock_config=True)
@@ -42,38 +40,25 @@ def weights_flag() -> str | None:
   return {"inception": FLAGS.inception_weights, "fd_mnist": FLAGS.fd_mnist_weights}[FLAGS.feature_net]
 
 
-def dataset_statistics(config, feature_fn, split: str, batch_size: int, num_examples: int, kid_features: int
-                       ) -> tuple[stats.FeatureStats, stats.FeatureBank]:
-  """Streaming statistics and the first `kid_features` features of the split's images (no dequantization)."""
-  config = config.copy_and_resolve_references()
-  config.data.uniform_dequantization = False
-  mesh = parallel.get_mesh()
-  if batch_size % mesh.size:
-    raise ValueError(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
-  summed, bank = None, None
-  batches = evaluate.split_batches(config, split, batch_size, mesh, num_examples)
-  for images, count in tqdm.tqdm(batches, desc=f"features ({split})", unit="batch",
-                                 disable=not parallel.is_main_process()):
-    feats = np.asarray(parallel.fetch(feature_fn(images)[0]))[:count]
-    summed = stats.FeatureStats.of(feats) if summed is None else summed.update(feats)
-    bank = (stats.FeatureBank.empty(kid_features, feats.shape[1]) if bank is None else bank).update(feats)
-  if summed is None:
-    raise ValueError(f"split {split!r} of {config.data.dataset} holds no examples")
-  return summed, bank
-
-
 def main(argv) -> None:
   del argv
   launch.initialize(FLAGS)
   config = FLAGS.config
   feature_fn = features.get_feature_fn(FLAGS.feature_net, weights_flag())
-  summed, bank = dataset_statistics(config, feature_fn, FLAGS.split, FLAGS.batch_size or config.eval.batch_size,
-                                    FLAGS.num_examples, FLAGS.kid_features)
+  batch_size = FLAGS.batch_size or config.eval.batch_size
+  mesh = parallel.get_mesh()
+  if batch_size % mesh.size:
+    raise ValueError(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
+  sample_stats = evaluate.feature_statistics_over_split(config, feature_fn, FLAGS.split, batch_size,
+                                                        FLAGS.num_examples, kid_features=FLAGS.kid_features,
+                                                        mesh=mesh)
+  if sample_stats is None:
+    raise ValueError(f"split {FLAGS.split!r} of {config.data.dataset} holds no examples")
   if parallel.is_main_process():
     out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    quality.save_reference(out, summed, bank)
-    print(f"{summed.count} images of {config.data.dataset} ({FLAGS.split}), {FLAGS.feature_net} features: "
+    quality.save_reference(out, sample_stats.features, sample_stats.bank)
+    print(f"{sample_stats.features.count} images of {config.data.dataset} ({FLAGS.split}), {FLAGS.feature_net} features: "
           f"written to {out}")
 
 
