@@ -75,7 +75,7 @@ def finished_batches(partial: pathlib.Path, settings: dict) -> int:
   meta = partial / "settings.json"
   if not meta.exists():
     return 0
-  if json.loads(meta.read_text()) != settings:
+  if json.loads(meta.read_text()) != json.loads(json.dumps(settings)):
     raise ValueError(f"{partial} belongs to an evaluation with other settings; remove it or rerun with "
                      f"those flags ({meta})")
   done = 0
