@@ -40,14 +40,14 @@ SAMPLERS = {
 }
 
 
-def sample_quality(config, sde, model, params, method: str, options: dict, feature_fn, reference, num_samples: int,
+def sample_quality(config, sde, model, params, method: str, options: dict, feature_net, reference, num_samples: int,
                    batch_size: int, mesh, seed: int) -> tuple[dict, float]:
   """(quality.quality of num_samples samples, mean NFE per sample)."""
-  batch_fn = evaluate.get_sample_feature_fn(config, sde, model, method, options, feature_fn, batch_size, mesh)
-  rng, params = parallel.replicate((jax.random.key(seed), params), mesh)
+  batch_fn = evaluate.get_sample_feature_fn(config, sde, model, method, options, feature_net.apply, batch_size, mesh)
+  rng, params, feature_params = parallel.replicate((jax.random.key(seed), params, feature_net.params), mesh)
   sample_stats, nfes = None, []
   for k in range(-(-num_samples // batch_size)):
-    feats, logits, nfe = parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params))
+    feats, logits, nfe = parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params, feature_params))
     count = min(batch_size, num_samples - k * batch_size)
     if sample_stats is None:
       sample_stats = quality.SampleStats.empty(num_samples, feats.shape[1], logits.shape[1], kid_features=0)
@@ -77,11 +77,11 @@ def main() -> None:
   batch_size = min(args.batch_size, args.num_samples)
   config, state, step = evaluate.restore_run(args.workdir, args.step)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
-  feature_fn = features.get_feature_fn("fd_mnist", args.fd_mnist_weights)
+  feature_net = features.get_feature_net("fd_mnist", args.fd_mnist_weights)
   start = time.time()
-  train_stats = evaluate.feature_statistics_over_split(config, feature_fn, "train", batch_size, mesh=mesh)
+  train_stats = evaluate.feature_statistics_over_split(config, feature_net, "train", batch_size, mesh=mesh)
   reference = {"mu": train_stats.features.mean, "sigma": train_stats.features.covariance}
-  held_out = evaluate.feature_statistics_over_split(config, feature_fn, "test", batch_size, args.num_samples,
+  held_out = evaluate.feature_statistics_over_split(config, feature_net, "test", batch_size, args.num_samples,
                                                     kid_features=0, mesh=mesh)
   floor = quality.quality(held_out, reference)
   print(f"checkpoint step {step} of {args.workdir}; {args.num_samples} samples per entry; FD-MNIST against "
@@ -99,7 +99,7 @@ def main() -> None:
       if options is None or options.get("num_steps", 1) < 1:
         cells.append("-")
         continue
-      result, nfe = sample_quality(config, sde, model, state.ema_params, method, options, feature_fn, reference,
+      result, nfe = sample_quality(config, sde, model, state.ema_params, method, options, feature_net, reference,
                                    args.num_samples, batch_size, mesh, args.seed)
       cells.append(cell(result, nfe))
       if nfe <= 20:
@@ -108,7 +108,7 @@ def main() -> None:
   if args.pc_steps:
     pc, nfe = sample_quality(config, sde, model, state.ema_params, "pc",
                              dict(predictor="reverse_diffusion", corrector="langevin", num_steps=args.pc_steps),
-                             feature_fn, reference, args.num_samples, batch_size, mesh, args.seed)
+                             feature_net, reference, args.num_samples, batch_size, mesh, args.seed)
     print(f"\nPC (reverse diffusion + Langevin, {args.pc_steps} steps): {cell(pc, nfe)}")
     print(f"best FD-MNIST at <= 20 NFE / PC's: {best_fast / pc['fd']:.3f}")
   print(f"\ncells: FD-MNIST / classifier IS (NFE per sample); {time.time() - start:.0f} s")

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from score_sde import checkpoint, datasets, likelihood, losses, models, parallel, sampling, testing
 from score_sde import sde as sde_lib
+from score_sde.metrics import features as metrics_features
 from score_sde.metrics import quality as metrics_quality
 from score_sde.train_state import TrainState
 
@@ -178,21 +179,22 @@ def save_scatter(path: str | pathlib.Path, points: np.ndarray, reference: np.nda
   picture.save(path)
 
 
-def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_fn: Callable, split: str,
-                                  batch_size: int, num_examples: int = 0, *, kid_features: int = 10_000,
+def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net: metrics_features.FeatureNet,
+                                  split: str, batch_size: int, num_examples: int = 0, *, kid_features: int = 10_000,
                                   mesh: Mesh | None = None) -> metrics_quality.SampleStats:
   """Streaming feature statistics, classifier scores (1 split) and the first `kid_features` features of
   the first `num_examples` (0: all) images of `split`, read without dequantization noise (x / 255).
 
-  `feature_fn`: images [B, H, W, C] in [0, 1] -> (features, logits), e.g. `metrics.features.get_feature_fn`.
+  `feature_net`: images [B, H, W, C] in [0, 1] -> (features, logits), e.g. `metrics.features.get_feature_net`.
   """
   config = config.copy_and_resolve_references()
   config.data.uniform_dequantization = False
   mesh = parallel.get_mesh() if mesh is None else mesh
   total = min(num_examples or len(datasets.get_source(config, split)), len(datasets.get_source(config, split)))
+  feature_params = parallel.replicate(feature_net.params, mesh)
   sample_stats = None
   for images, count in split_batches(config, split, batch_size, mesh, total):
-    feats, logits = (np.asarray(a)[:count] for a in parallel.fetch(feature_fn(images)))
+    feats, logits = (np.asarray(a)[:count] for a in parallel.fetch(feature_net.apply(feature_params, images)))
     if sample_stats is None:
       sample_stats = metrics_quality.SampleStats.empty(total, feats.shape[1], logits.shape[1],
                                                        kid_features=kid_features)
@@ -201,16 +203,18 @@ def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_fn:
 
 
 def get_sample_feature_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module, method: str,
-                          options: dict, feature_fn: Callable, num_samples: int, mesh: Mesh
-                          ) -> Callable[[Array, Any], tuple[Array, Array, Array]]:
-  """Jitted (key, params) -> (features, logits, nfe) of `num_samples` samples in [0, 1] of `method`,
-  split over `mesh`; the images never leave the devices."""
+                          options: dict, feature_apply: Callable, num_samples: int, mesh: Mesh
+                          ) -> Callable[[Array, Any, Any], tuple[Array, Array, Array]]:
+  """Jitted (key, params, feature_params) -> (features, logits, nfe) of `num_samples` samples in [0, 1]
+  of `method`, split over `mesh`; `feature_apply` is a `FeatureNet.apply`. The images never leave the
+  devices."""
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   shape = (num_samples,) + datasets.data_shape(config)
 
-  def batch_fn(key, params):
+  def batch_fn(key, params, feature_params):
     score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
     x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
-    return (*feature_fn(jax.lax.with_sharding_constraint(inverse_scaler(x), parallel.batch_sharding(mesh))), nfe)
+    images = jax.lax.with_sharding_constraint(inverse_scaler(x), parallel.batch_sharding(mesh))
+    return (*feature_apply(feature_params, images), nfe)
 
   return jax.jit(batch_fn, out_shardings=(parallel.batch_sharding(mesh),) * 2 + (parallel.replicated(mesh),))

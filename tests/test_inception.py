@@ -38,14 +38,14 @@ def test_state_dict_keys_and_sizes_equal_pytorch_fids():
 
 
 def test_features_and_logits_equal_pytorch_fid_unresized(variables):
-  features, logits = inception.get_feature_fn(variables, resize_input=False)(REFERENCE["images_large"])
+  features, logits = inception.apply(variables, REFERENCE["images_large"], resize_input=False)
   assert features.shape == (2, 2048) and logits.shape == (2, 1008)
   _assert_close(features, REFERENCE["features_large"])
   _assert_close(logits, REFERENCE["logits_large"])
 
 
 def test_features_and_logits_equal_pytorch_fid_resized_to_299(variables):
-  features, logits = inception.get_feature_fn(variables)(REFERENCE["images_small"])
+  features, logits = inception.apply(variables, REFERENCE["images_small"])
   _assert_close(features, REFERENCE["features_small"])
   _assert_close(logits, REFERENCE["logits_small"])
 

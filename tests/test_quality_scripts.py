@@ -31,7 +31,7 @@ def test_fd_mnist_classifier_learns_and_round_trips(tmp_path):
   images, labels = _blocks(200)
   params = mnist.train(0, images, labels, num_steps=30, batch_size=50)
   test_images, test_labels = _blocks(100, seed=1)
-  features, logits = mnist.get_feature_fn(params)(test_images)
+  features, logits = mnist.apply(params, test_images)
   assert features.shape == (100, mnist.FEATURE_DIM) and logits.shape == (100, mnist.NUM_CLASSES)
   assert np.mean(np.argmax(logits, axis=1) == test_labels) > 0.9
   # The classifier score of well-classified, balanced digits approaches the number of classes.

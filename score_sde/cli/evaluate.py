@@ -114,7 +114,7 @@ def main(argv) -> None:
   launch.initialize(FLAGS)
   start = time.time()
   reference = quality.load_reference(FLAGS.stats)
-  feature_fn = features.get_feature_fn(FLAGS.feature_net, {"inception": FLAGS.inception_weights,
+  feature_net = features.get_feature_net(FLAGS.feature_net, {"inception": FLAGS.inception_weights,
                                                            "fd_mnist": FLAGS.fd_mnist_weights}[FLAGS.feature_net])
   config, state, step = evaluate.restore_run(FLAGS.workdir, FLAGS.step)
   params = state.ema_params if FLAGS.use_ema else state.params
@@ -135,13 +135,13 @@ def main(argv) -> None:
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "settings.json").write_text(json.dumps(settings))
   sde, model = sde_lib.get_sde(config), models.get_model(config)
-  batch_fn = evaluate.get_sample_feature_fn(config, sde, model, method, options, feature_fn, batch_size, mesh)
-  rng, params = parallel.replicate((jax.random.key(FLAGS.seed), params), mesh)
+  batch_fn = evaluate.get_sample_feature_fn(config, sde, model, method, options, feature_net.apply, batch_size, mesh)
+  rng, params, feature_params = parallel.replicate((jax.random.key(FLAGS.seed), params, feature_net.params), mesh)
   progress = tqdm.trange(done, num_batches, initial=done, total=num_batches, unit="batch",
                          desc=f"{method} samples -> {FLAGS.feature_net} features",
                          disable=not parallel.is_main_process())
   for k in progress:
-    feats, logits, nfe = parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params))
+    feats, logits, nfe = parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params, feature_params))
     count = min(batch_size, FLAGS.num_samples - k * batch_size)
     if parallel.is_main_process():
       write_batch(partial, k, feats[:count], logits[:count], float(np.mean(nfe)))

@@ -44,12 +44,12 @@ def main(argv) -> None:
   del argv
   launch.initialize(FLAGS)
   config = FLAGS.config
-  feature_fn = features.get_feature_fn(FLAGS.feature_net, weights_flag())
+  feature_net = features.get_feature_net(FLAGS.feature_net, weights_flag())
   batch_size = FLAGS.batch_size or config.eval.batch_size
   mesh = parallel.get_mesh()
   if batch_size % mesh.size:
     raise ValueError(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
-  sample_stats = evaluate.feature_statistics_over_split(config, feature_fn, FLAGS.split, batch_size,
+  sample_stats = evaluate.feature_statistics_over_split(config, feature_net, FLAGS.split, batch_size,
                                                         FLAGS.num_examples, kid_features=FLAGS.kid_features,
                                                         mesh=mesh)
   if sample_stats is None:
@@ -58,8 +58,8 @@ def main(argv) -> None:
     out = pathlib.Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     quality.save_reference(out, sample_stats.features, sample_stats.bank)
-    print(f"{sample_stats.features.count} images of {config.data.dataset} ({FLAGS.split}), {FLAGS.feature_net} features: "
-          f"written to {out}")
+    print(f"{sample_stats.features.count} images of {config.data.dataset} ({FLAGS.split}), "
+          f"{FLAGS.feature_net} features: written to {out}")
 
 
 def run() -> None:

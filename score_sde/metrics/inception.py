@@ -243,17 +243,12 @@ def variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def get_feature_fn(variables: dict, resize_input: bool = True) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-  """Jitted images [B, H, W, 3] in [0, 1] -> (pool features [B, 2048], logits [B, 1008]).
+@functools.partial(jax.jit, static_argnames="resize_input")
+def apply(variables: dict, images: jax.Array, resize_input: bool = True) -> tuple[jax.Array, jax.Array]:
+  """(pool features [B, 2048], logits [B, 1008]) of images [B, H, W, 3] in [0, 1].
 
   Gray images ([B, H, W, 1]) are repeated to three channels first.
   """
-  model = FIDInceptionV3(resize_input=resize_input)
-
-  @jax.jit
-  def feature_fn(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    if images.shape[-1] == 1:
-      images = jnp.repeat(images, 3, axis=-1)
-    return model.apply(variables, images)
-
-  return feature_fn
+  if images.shape[-1] == 1:
+    images = jnp.repeat(images, 3, axis=-1)
+  return FIDInceptionV3(resize_input=resize_input).apply(variables, images)

@@ -80,22 +80,16 @@ def train(seed: int, images: np.ndarray, labels: np.ndarray, num_steps: int, bat
   return params
 
 
-def get_feature_fn(params: dict) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-  """Jitted images [B, 28, 28, 1] in [0, 1] -> (features [B, 128], logits [B, 10])."""
-  model = MnistFeatureNet()
-
-  @jax.jit
-  def feature_fn(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    if images.shape[1:] != IMAGE_SHAPE:
-      raise ValueError(f"the FD-MNIST network takes images of shape {IMAGE_SHAPE}, got {images.shape[1:]}")
-    return model.apply({"params": params}, images)
-
-  return feature_fn
+@jax.jit
+def apply(params: dict, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(features [B, 128], logits [B, 10]) of images [B, 28, 28, 1] in [0, 1]."""
+  if images.shape[1:] != IMAGE_SHAPE:
+    raise ValueError(f"the FD-MNIST network takes images of shape {IMAGE_SHAPE}, got {images.shape[1:]}")
+  return MnistFeatureNet().apply({"params": params}, images)
 
 
 def accuracy(params: dict, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-  feature_fn = get_feature_fn(params)
-  predictions = np.concatenate([np.argmax(feature_fn(images[i:i + batch_size])[1], axis=1)
+  predictions = np.concatenate([np.argmax(apply(params, images[i:i + batch_size])[1], axis=1)
                                 for i in range(0, len(images), batch_size)])
   return float(np.mean(predictions == labels))
 

@@ -203,7 +203,7 @@ def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: floa
 
 
 def mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray) -> float:
-  """MMD^2_u = sum_{i!=j} k(x_i, x_j) / (m (m - 1)) + sum_{i!=j} k(y_i, y_j) / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2."""
+  """MMD^2_u = sum_{i!=j} [k(x_i, x_j) + k(y_i, y_j)] / (m (m - 1)) - 2 sum_{i,j} k(x_i, y_j) / m^2."""
   m = len(k_xx)
   off_diagonal = k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)
   return float(off_diagonal / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
