@@ -31,7 +31,7 @@ from score_sde.metrics import features, quality
 SAMPLERS = {
     "Euler-Maruyama": ("pc", lambda n: dict(predictor="euler_maruyama", corrector="none", num_steps=n)),
     "ancestral": ("pc", lambda n: dict(predictor="ancestral", corrector="none", num_steps=n)),
-    "ODE tsit5 (diffrax, fixed steps)": ("ode", lambda n: dict(solver="tsit5", num_steps=n // 6) if n >= 6 else None),
+    "ODE tsit5 (diffrax fixed steps)": ("ode", lambda n: dict(solver="tsit5", num_steps=n // 6) if n >= 6 else None),
     "DDIM": ("ddim", lambda n: dict(num_steps=n)),
     "DPM-Solver-2": ("dpm_solver", lambda n: dict(order=2, num_steps=n // 2)),
     "DPM-Solver-3": ("dpm_solver", lambda n: dict(order=3, num_steps=n // 3)),
@@ -69,7 +69,7 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=500)
   parser.add_argument("--nfes", default="10,20,50")
   parser.add_argument("--pc_steps", type=int, default=1000, help="steps of the reference PC sampler (0: skip)")
-  parser.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated subset of the rows")
+  parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=list(SAMPLERS), help="rows to run")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   nfes = [int(n) for n in args.nfes.split(",")]
@@ -91,7 +91,7 @@ def main() -> None:
   print(f"| held-out images ({held_out.features.count}, the floor) | "
         + " | ".join(f"{floor['fd']:.2f} / {floor['inception_score']['mean']:.2f}" for _ in nfes) + " |")
   best_fast = np.inf
-  for name in args.samplers.split(","):
+  for name in args.samplers:
     method, options_at = SAMPLERS[name]
     cells = []
     for n in nfes:
