@@ -202,19 +202,28 @@ def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net
   return sample_stats
 
 
+def as_saved_images(x: Array) -> Array:
+  """Samples in [0, 1] as the 8-bit images they would be saved as: floor(clip(255 x, 0, 255)) / 255.
+
+  score_sde's evaluation feeds Inception `np.clip(samples * 255, 0, 255).astype(np.uint8)`, and
+  pytorch-fid reads saved PNGs; pixels outside [0, 1] would otherwise dominate the features.
+  """
+  return jnp.floor(jnp.clip(x * 255.0, 0.0, 255.0)) / 255.0
+
+
 def get_sample_feature_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module, method: str,
                           options: dict, feature_apply: Callable, num_samples: int, mesh: Mesh
                           ) -> Callable[[Array, Any, Any], tuple[Array, Array, Array]]:
-  """Jitted (key, params, feature_params) -> (features, logits, nfe) of `num_samples` samples in [0, 1]
-  of `method`, split over `mesh`; `feature_apply` is a `FeatureNet.apply`. The images never leave the
-  devices."""
+  """Jitted (key, params, feature_params) -> (features, logits, nfe) of `num_samples` samples of `method`
+  quantized to 8 bits (`as_saved_images`), split over `mesh`; `feature_apply` is a `FeatureNet.apply`.
+  The images never leave the devices."""
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   shape = (num_samples,) + datasets.data_shape(config)
 
   def batch_fn(key, params, feature_params):
     score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
     x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
-    images = jax.lax.with_sharding_constraint(inverse_scaler(x), parallel.batch_sharding(mesh))
+    images = jax.lax.with_sharding_constraint(as_saved_images(inverse_scaler(x)), parallel.batch_sharding(mesh))
     return (*feature_apply(feature_params, images), nfe)
 
   return jax.jit(batch_fn, out_shardings=(parallel.batch_sharding(mesh),) * 2 + (parallel.replicated(mesh),))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from score_sde import configs_util
+from score_sde import configs_util, evaluate
 from score_sde.metrics import mnist, quality, stats
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -120,3 +120,8 @@ def test_fid_stats_and_a_killed_evaluation_that_resumes(tmp_path):
   result = json.loads(out.with_suffix(".json").read_text())
   for key in ("fd", "inception_score", "kid", "nfe"):
     assert result[key] == pytest.approx(fresh[key], rel=1e-5), key
+
+
+def test_samples_are_quantized_as_saved_images():
+  x = np.array([-0.5, 0.0, 0.5, 1.0 / 255 - 1e-6, 1.0, 1.7])
+  np.testing.assert_allclose(evaluate.as_saved_images(x), [0, 0, 127 / 255, 0, 1, 1], atol=1e-7)
