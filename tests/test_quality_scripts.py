@@ -81,7 +81,7 @@ def _script(name: str, *args: str, check: bool = True) -> subprocess.CompletedPr
   return done
 
 
-@pytest.mark.slow  # ~5 min on 2 busy cores: a training run and four script processes
+@pytest.mark.slow  # 3-8 min on 2 busy cores: a training run and four script processes
 def test_fid_stats_and_a_killed_evaluation_that_resumes(tmp_path):
   from score_sde import train  # pylint: disable=import-outside-toplevel
   images, _ = _blocks(60)
