@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
@@ -181,11 +182,12 @@ def save_scatter(path: str | pathlib.Path, points: np.ndarray, reference: np.nda
 
 def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net: metrics_features.FeatureNet,
                                   split: str, batch_size: int, num_examples: int = 0, *, kid_features: int = 10_000,
-                                  mesh: Mesh | None = None) -> metrics_quality.SampleStats:
+                                  mesh: Mesh | None = None, progress: bool = False) -> metrics_quality.SampleStats:
   """Streaming feature statistics, classifier scores (1 split) and the first `kid_features` features of
   the first `num_examples` (0: all) images of `split`, read without dequantization noise (x / 255).
 
   `feature_net`: images [B, H, W, C] in [0, 1] -> (features, logits), e.g. `metrics.features.get_feature_net`.
+  `progress`: a progress bar with ETA on the main process.
   """
   config = config.copy_and_resolve_references()
   config.data.uniform_dequantization = False
@@ -193,7 +195,9 @@ def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net
   total = min(num_examples or len(datasets.get_source(config, split)), len(datasets.get_source(config, split)))
   feature_params = parallel.replicate(feature_net.params, mesh)
   sample_stats = None
-  for images, count in split_batches(config, split, batch_size, mesh, total):
+  batches = tqdm.tqdm(split_batches(config, split, batch_size, mesh, total), total=-(-total // batch_size),
+                      desc=f"features ({split})", unit="batch", disable=not (progress and parallel.is_main_process()))
+  for images, count in batches:
     feats, logits = (np.asarray(a)[:count] for a in parallel.fetch(feature_net.apply(feature_params, images)))
     if sample_stats is None:
       sample_stats = metrics_quality.SampleStats.empty(total, feats.shape[1], logits.shape[1],

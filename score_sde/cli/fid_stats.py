@@ -51,7 +51,7 @@ def main(argv) -> None:
     raise ValueError(f"--batch_size={batch_size} is not divisible by the {mesh.size} devices of all processes")
   sample_stats = evaluate.feature_statistics_over_split(config, feature_net, FLAGS.split, batch_size,
                                                         FLAGS.num_examples, kid_features=FLAGS.kid_features,
-                                                        mesh=mesh)
+                                                        mesh=mesh, progress=True)
   if sample_stats is None:
     raise ValueError(f"split {FLAGS.split!r} of {config.data.dataset} holds no examples")
   if parallel.is_main_process():
