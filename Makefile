@@ -21,9 +21,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	XLA_FLAGS="--xla_force_host_platform_device_count=2" $(PY) -m pytest -n 2 -q -m "slow or not slow" tests
 
-# reference_param_counts.py needs a checkout of yang-song/score_sde: run it by hand with --reference_dir.
+# reference_param_counts.py needs a checkout of yang-song/score_sde (--reference_dir) and sampler_quality.py a
+# trained MNIST checkpoint (--workdir): run them by hand.
 bench: $(STAMP)
-	for b in $(filter-out benchmarks/reference_param_counts.py,$(wildcard benchmarks/*.py)); do \
+	for b in $(filter-out benchmarks/reference_param_counts.py benchmarks/sampler_quality.py,$(wildcard benchmarks/*.py)); do \
 	  echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -29,7 +29,7 @@ setup(
     entry_points={"console_scripts": [
         f"score-sde-{name.replace('_', '-')}=score_sde.cli.{name}:run"
         for name in ("train", "sample", "likelihood", "sweep", "train_classifier", "demo",
-                     "convert_checkpoint")]},
+                     "convert_checkpoint", "evaluate", "fid_stats", "train_fd_classifier")]},
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         "tfds": ["tensorflow-datasets>=4.9,<5", "importlib_resources>=6", "grain>=0.2,<0.3"],

@@ -15,6 +15,8 @@ from PIL import Image, ImageDraw
 
 from score_sde import checkpoint, configs_util, datasets, likelihood, losses, models, parallel, sampling, testing
 from score_sde import sde as sde_lib
+from score_sde.metrics import features as metrics_features
+from score_sde.metrics import quality as metrics_quality
 from score_sde.train_state import TrainState
 
 Array = jax.Array
@@ -170,3 +172,56 @@ def save_scatter(path: str | pathlib.Path, points: np.ndarray, reference: np.nda
     for x, y in pixels:
       draw.ellipse((x - 1, size - y - 1, x + 1, size - y + 1), fill=color)
   picture.save(path)
+
+
+def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net: metrics_features.FeatureNet,
+                                  split: str, batch_size: int, num_examples: int = 0, *, kid_features: int = 10_000,
+                                  mesh: Mesh | None = None, progress: bool = False) -> metrics_quality.SampleStats:
+  """Streaming feature statistics, classifier scores (1 split) and the first `kid_features` features of
+  the first `num_examples` (0: all) images of `split`, read without dequantization noise (x / 255).
+
+  `feature_net`: images [B, H, W, C] in [0, 1] -> (features, logits), e.g. `metrics.features.get_feature_net`.
+  `progress`: a progress bar with ETA on the main process.
+  """
+  config = config.copy_and_resolve_references()
+  config.data.uniform_dequantization = False
+  mesh = parallel.get_mesh() if mesh is None else mesh
+  total = min(num_examples or len(datasets.get_source(config, split)), len(datasets.get_source(config, split)))
+  feature_params = parallel.replicate(feature_net.params, mesh)
+  sample_stats = None
+  batches = tqdm.tqdm(split_batches(config, split, batch_size, mesh, total), total=-(-total // batch_size),
+                      desc=f"features ({split})", unit="batch", disable=not (progress and parallel.is_main_process()))
+  for images, count in batches:
+    feats, logits = (np.asarray(a)[:count] for a in parallel.fetch(feature_net.apply(feature_params, images)))
+    if sample_stats is None:
+      sample_stats = metrics_quality.SampleStats.empty(total, feats.shape[1], logits.shape[1],
+                                                       kid_features=kid_features)
+    sample_stats = sample_stats.update(feats, logits)
+  return sample_stats
+
+
+def as_saved_images(x: Array) -> Array:
+  """Samples in [0, 1] as the 8-bit images they would be saved as: floor(clip(255 x, 0, 255)) / 255.
+
+  score_sde's evaluation feeds Inception `np.clip(samples * 255, 0, 255).astype(np.uint8)`, and
+  pytorch-fid reads saved PNGs; pixels outside [0, 1] would otherwise dominate the features.
+  """
+  return jnp.floor(jnp.clip(x * 255.0, 0.0, 255.0)) / 255.0
+
+
+def get_sample_feature_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module, method: str,
+                          options: dict, feature_apply: Callable, num_samples: int, mesh: Mesh
+                          ) -> Callable[[Array, Any, Any], tuple[Array, Array, Array]]:
+  """Jitted (key, params, feature_params) -> (features, logits, nfe) of `num_samples` samples of `method`
+  quantized to 8 bits (`as_saved_images`), split over `mesh`; `feature_apply` is a `FeatureNet.apply`.
+  The images never leave the devices."""
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  shape = (num_samples,) + datasets.data_shape(config)
+
+  def batch_fn(key, params, feature_params):
+    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
+    x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
+    images = jax.lax.with_sharding_constraint(as_saved_images(inverse_scaler(x)), parallel.batch_sharding(mesh))
+    return (*feature_apply(feature_params, images), nfe)
+
+  return jax.jit(batch_fn, out_shardings=(parallel.batch_sharding(mesh),) * 2 + (parallel.replicated(mesh),))
