@@ -164,7 +164,8 @@ def restore_newest(workdir: str | pathlib.Path, template_fn: Callable[[dict], An
 
   Reads only. `template_fn(meta)` gives the structure to restore into (and may refuse a checkpoint
   by raising any error but CheckpointError, which then passes through). Each newer checkpoint that
-  cannot be restored is reported with a one-line warning and left in place. Returns None when
+  cannot be restored is left in place and, once an older one restores, reported in a one-line
+  warning (when none restores, the one error names the newest one's damage). Returns None when
   the workdir has no checkpoint; raises CheckpointError when none restores, or when `step` does
   not (naming the newest step that does).
   """
@@ -173,15 +174,18 @@ def restore_newest(workdir: str | pathlib.Path, template_fn: Callable[[dict], An
     return _restore_step(workdir, dirs, step, template_fn)
   if not dirs:
     return None
+  failures = []
   for step_dir in dirs:
     try:
       state, meta = _restore_dir(step_dir, template_fn)
     except CheckpointError as e:
-      _log.warning("%s; it is left in place, trying the next newest checkpoint", e)
+      failures.append(e)
       continue
+    for failure in failures:
+      _log.warning("%s; it is left in place and an older checkpoint is used", failure)
     return state, meta, int(step_dir.name)
-  raise CheckpointError(f"none of the {len(dirs)} checkpoints in {workdir} can be restored; they are left in "
-                        "place: move them aside to start afresh, or use a new workdir")
+  raise CheckpointError(f"none of the {len(dirs)} checkpoints in {workdir} can be restored (the newest: "
+                        f"{failures[0]}); they are left in place: move them aside to start afresh, or use a new workdir")
 
 
 def _restore_step(workdir, dirs: list[pathlib.Path], step: int, template_fn) -> tuple[Any, dict, int]:

@@ -62,16 +62,6 @@ def test_reference_file_round_trip_and_quality(tmp_path):
     quality.load_reference(tmp_path / "mu_only.npz")
 
 
-def test_sampler_options_from_config_and_overrides():
-  config = configs_util.load_config(ROOT / "configs/mnist/vp_unet.py")
-  assert configs_util.sampler_options(config) == ("ode", {"solver": "tsit5", "rtol": 1e-5, "atol": 1e-5,
-                                                          "denoise": True})
-  method, options = configs_util.sampler_options(config, method="dpm_solver", num_steps=10, order=2)
-  assert method == "dpm_solver" and options == {"denoise": True, "num_steps": 10, "order": 2}
-  with pytest.raises(ValueError, match=r"\['order'\] do not apply to sampling method 'ddim'"):
-    configs_util.sampler_options(config, method="ddim", order=2)
-
-
 def _script(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args], capture_output=True,
