@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde import sde as sde_lib
 from score_sde.models import normalization, up_or_down_sampling
 
 Array = jax.Array
@@ -255,8 +256,8 @@ COMBINE_METHODS: dict[str, Callable[[Array, Array], Array]] = {
 class NoiseLabels:
   """How a network reads the noise labels of `score_sde.models.utils`.
 
-  Labels are sigma(t) (continuous VE), 999 t (VP, sub-VP) or, with `ncsn_index`, the discrete SMLD
-  index i into the descending sigmas sigma_i = sigma_max (sigma_min / sigma_max)^(i / (N - 1)).
+  Labels are sigma(t) (continuous VE), 999 t (VP, sub-VP) or, with `ncsn_index`, NCSN's label
+  j = N - 1 - i of the SMLD noise level sigma_i = `sde.smld_sigmas(...)[i]` (sigma_max first).
   """
 
   ncsn_index: bool = False
@@ -268,8 +269,8 @@ class NoiseLabels:
     """The noise level sigma a label stands for (only meaningful for VE labels)."""
     if not self.ncsn_index:
       return labels.astype(jnp.float32)
-    ratio = labels.astype(jnp.float32) / (self.num_scales - 1)
-    return self.sigma_max * (self.sigma_min / self.sigma_max) ** ratio
+    sigmas = jnp.asarray(sde_lib.smld_sigmas(self.sigma_min, self.sigma_max, self.num_scales), jnp.float32)
+    return sigmas[self.num_scales - 1 - jnp.round(labels).astype(jnp.int32)]
 
 
 def noise_labels_from_config(config) -> NoiseLabels:

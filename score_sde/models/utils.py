@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_sde import discrete
 from score_sde import sde as sde_lib
 
 Array = jax.Array
@@ -41,25 +42,26 @@ def _vp_score(sde: sde_lib.VPSDE, model_fn, x: Array, t: Array, continuous: bool
   """Noise-prediction network eps(x, label): score = -eps / sigma_t (THEORY.md §1).
 
   Labels are 999 t in continuous time (and always for sub-VP, which has no discrete chain), else
-  the DDPM step index i = t (N - 1) with the chain's own sqrt(1 - abar_i).
+  the DDPM step index i = t (N - 1) / T with the chain's own sqrt(1 - abar) (chain step i + 1).
   """
   if continuous or isinstance(sde, sde_lib.subVPSDE):
     _, std = sde.marginal_coeffs(t)
     return -model_fn(x, t * 999) / sde_lib.batch_broadcast(std, x)
-  index = jnp.round(t * (sde.N - 1)).astype(jnp.int32)
-  std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[index]
+  index = sde.discrete_index(t)
+  _, std = discrete.DDPMChain.from_sde(sde).marginal_coeffs(index + 1, x.dtype)
   return -model_fn(x, index.astype(x.dtype)) / sde_lib.batch_broadcast(std, x)
 
 
 def _ve_score(sde: sde_lib.VESDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
   """Score network s(x, label) (which may divide by sigma itself, `scale_by_sigma`).
 
-  Labels are sigma(t) in continuous time, else the NCSN index (N - 1)(T - t) into descending sigmas.
+  Labels are sigma(t) in continuous time, else NCSN's label N - 1 - i for grid index i
+  (`sde.discrete_index`; NCSN numbers its noise levels from sigma_max down).
   """
   if continuous:
     labels = sde.marginal_coeffs(t)[1]
   else:
-    labels = jnp.round((sde.T - t) * (sde.N - 1))
+    labels = (sde.N - 1 - sde.discrete_index(t)).astype(x.dtype)
   return model_fn(x, labels)
 
 
