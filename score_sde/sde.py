@@ -35,6 +35,16 @@ def smld_sigmas(sigma_min: float, sigma_max: float, N: int) -> np.ndarray:
   return np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
 
 
+def kernel_coeffs(t_coeffs: tuple[Array, Array], s_coeffs: tuple[Array, Array]) -> tuple[Array, Array]:
+  """(a, b) with x_t = a x_s + b z, from the marginal coefficients (alpha, sigma) at t > s:
+
+  a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2 (exact for any linear SDE).
+  """
+  (alpha_t, sigma_t), (alpha_s, sigma_s) = t_coeffs, s_coeffs
+  a = alpha_t / alpha_s
+  return a, jnp.sqrt(jnp.maximum(sigma_t**2 - (a * sigma_s) ** 2, 0.0))
+
+
 class SDE(abc.ABC):
   """A linear SDE with Gaussian perturbation kernel p_0t(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I)."""
 
@@ -104,14 +114,8 @@ class SDE(abc.ABC):
     return jnp.asarray(i, dtype) * (self.T / (self.N - 1))
 
   def transition(self, t: Array, s: Array) -> tuple[Array, Array]:
-    """(a, b), each [B], of the exact forward kernel from s to t > s: x_t = a x_s + b z, with
-
-    a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2 (any linear SDE).
-    """
-    alpha_t, sigma_t = self.marginal_coeffs(t)
-    alpha_s, sigma_s = self.marginal_coeffs(s)
-    a = alpha_t / alpha_s
-    return a, jnp.sqrt(jnp.maximum(sigma_t**2 - (a * sigma_s) ** 2, 0.0))
+    """(a, b), each [B], of the exact forward kernel from s to t > s: x_t = a x_s + b z (`kernel_coeffs`)."""
+    return kernel_coeffs(self.marginal_coeffs(t), self.marginal_coeffs(s))
 
   def discretize(self, x: Array, t: Array, s: Array | None = None) -> tuple[Array, Array]:
     """One forward step ending at t: x_t = x_s + f + G z, f like x, G of shape [B].

@@ -25,11 +25,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import tqdm  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from score_sde import checkpoint, controllable, datasets, evaluate, launch, models, parallel, sampling, train  # noqa: E402
 from score_sde import sde as sde_lib  # noqa: E402
+from score_sde.sampling.progress import StepBar  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training directory holding checkpoints/ and checkpoints-meta/")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
@@ -119,24 +119,23 @@ def observed_view(images, condition: controllable.Observation) -> np.ndarray:
   return np.asarray(images * condition.mask + (1 - condition.mask) * 0.5 * (images.min() + images.max()))
 
 
-def get_draw_fn(config, sde, method: str, shape, make_score_fn, mesh):
+def get_draw_fn(config, sde, method: str, shape, make_score_fn, mesh, progress):
   """Jitted (key, params, classifier_params, test images in [0, 1] or None) -> (samples in [0, 1], nfe).
 
   The samples are split over `mesh` along the batch axis; with test images it solves the inverse
-  problem of --inpaint / --colorize.
+  problem of --inpaint / --colorize. progress(steps_done, steps_total) is called after every sampler step.
   """
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
   inverse = FLAGS.inpaint is not None or FLAGS.colorize
-  accepted = controllable.inverse_options_of(method) if inverse else sampling.options_of(method)
-  options = sampler_options(config, method, accepted)
+  options = sampler_options(config, method, sampling.options_of(method, inverse_problem=inverse))
 
   def draw(key, params, classifier_params, images):
     score_fn = make_score_fn(params, classifier_params)
     if images is None:
-      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
+      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, progress=progress, **options)
     else:
-      x, nfe = controllable.sample_conditional(key, score_fn, sde, shape, observe(scaler(images)),
-                                               method=method, **options)
+      x, nfe = sampling.sample_inverse(key, score_fn, sde, shape, observe(scaler(images)), method=method,
+                                       progress=progress, **options)
     return inverse_scaler(x), nfe
 
   return jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
@@ -191,13 +190,16 @@ def main(argv):
   labels = None if FLAGS.class_label is None else np.full(batch, FLAGS.class_label, np.int32)
   classifier, classifier_params = restore_classifier()
   make_score_fn = score_fn_factory(config, sde, model, labels, classifier)
-  draw = get_draw_fn(config, sde, method, (batch,) + datasets.data_shape(config), make_score_fn, mesh)
+  num_batches = -(-FLAGS.num // batch)
+  bar = StepBar(num_batches, desc=f"sampling ({method}, {num_batches} batches)",
+                disable=not parallel.is_main_process())
+  draw = get_draw_fn(config, sde, method, (batch,) + datasets.data_shape(config), make_score_fn, mesh, bar)
   rng, params, classifier_params = parallel.replicate((jax.random.key(FLAGS.seed), params, classifier_params), mesh)
   test_batches = (datasets.get_dataset(config, "test", batch_size=batch, rows=parallel.process_rows(batch, mesh))
                   if inverse else None)
   samples, originals, observed, total_nfe = [], [], [], 0.0
-  num_batches = -(-FLAGS.num // batch)
-  for k in tqdm.trange(num_batches, desc=f"sampling ({method})", unit="batch", disable=not parallel.is_main_process()):
+  for k in range(num_batches):
+    bar.start_batch(k)
     images = parallel.global_batch(next(test_batches)["image"], mesh) if inverse else None
     x, nfe = parallel.fetch(draw(jax.random.fold_in(rng, k), params, classifier_params, images))
     samples.append(x)
@@ -211,6 +213,7 @@ def main(argv):
     arrays["labels"] = np.full(FLAGS.num, FLAGS.class_label)
   if inverse:
     arrays.update(originals=np.concatenate(originals)[:FLAGS.num], observed=np.concatenate(observed)[:FLAGS.num])
+  bar.close()
   if parallel.is_main_process():
     path = write(config, pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "samples_cli"), arrays)
     print(f"step {step}: {FLAGS.num} samples, {total_nfe / num_batches:.0f} score evaluations per batch, "

@@ -107,12 +107,8 @@ class AttnBlock(nn.Module):
     return rescale_skip(x, h, self.skip_rescale)
 
 
-class Upsample(nn.Module):
-  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.): FIR alone, or fused with a conv.
-
-  The fused FIR conv is StyleGAN2's upsample_conv_2d: a stride-2 transposed conv (VALID), then the
-  FIR low-pass (gain 4) trimmed back to 2H x 2W.
-  """
+class _Resample(nn.Module):
+  """The fields of Upsample and Downsample: output channels (default: the input's), a conv, FIR filtering."""
 
   out_ch: int | None = None
   with_conv: bool = False
@@ -120,6 +116,14 @@ class Upsample(nn.Module):
   fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
   conv_size: int = 3
   dtype: jnp.dtype = jnp.float32
+
+
+class Upsample(_Resample):
+  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.): FIR alone, or fused with a conv.
+
+  The fused FIR conv is StyleGAN2's upsample_conv_2d: a stride-2 transposed conv (VALID), then the
+  FIR low-pass (gain 4) trimmed back to 2H x 2W.
+  """
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -137,18 +141,11 @@ class Upsample(nn.Module):
     return h + self.param("bias", nn.initializers.zeros, (out_ch,)).astype(self.dtype)  # after the filter
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
   """/2 downsampling: strided conv or 2x2 mean, or FIR (Karras et al.): FIR alone, or fused with a conv.
 
   The fused FIR conv is StyleGAN2's conv_downsample_2d: the FIR low-pass, then a stride-2 VALID conv.
   """
-
-  out_ch: int | None = None
-  with_conv: bool = False
-  fir: bool = False
-  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
-  conv_size: int = 3
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
