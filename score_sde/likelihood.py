@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import discrete
+from score_sde import datasets, discrete
 from score_sde import sde as sde_lib
 from score_sde.sampling import ode
 
@@ -144,7 +144,7 @@ def dequantize(rng: Array, images: Array, num_draws: int = 1, dtype=jnp.float32)
   Returns [num_draws, B, ...], one independent draw of the noise per leading index.
   """
   noise = jax.random.uniform(rng, (num_draws,) + images.shape, dtype)
-  return (images.astype(dtype)[None] + noise) / 256.0
+  return datasets.dequantize(images.astype(dtype)[None], noise)
 
 
 def dequantized_bits_per_dim(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, images: Array, *,

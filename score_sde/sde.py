@@ -106,7 +106,7 @@ class SDE(abc.ABC):
     return -0.5 * dim * jnp.log(2 * np.pi * var).astype(z.dtype) - sum_except_batch(z**2) / (2 * var)
 
   def discrete_index(self, t: Array) -> Array:
-    """Index i in 0..N-1 of the grid time t_i = i T / (N - 1) nearest to t (int32, like t)."""
+    """Index i in 0..N-1 of the grid time t_i = i T / (N - 1) nearest to t (int32)."""
     return jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
 
   def discrete_time(self, i: Array, dtype=jnp.float32) -> Array:

@@ -207,8 +207,8 @@ def test_annealed_langevin_step_size_follows_the_noise_level_not_the_score(sde_n
   alpha = pc.corrector_alpha(sde, t, s)
   if sde_name == "ve":
     assert float(alpha) == 1.0
-  else:  # the reference's sde.alphas[i] = 1 - beta_i, up to O(1/N^2)
-    np.testing.assert_allclose(float(alpha), 1.0 - sde.discrete_betas[i], rtol=2e-5)
+  else:  # the reference's sde.alphas[i] = 1 - beta_i, up to O(1/N^2) (here 0.6% of beta_i ~ 0.012)
+    np.testing.assert_allclose(1.0 - float(alpha), sde.discrete_betas[i], rtol=1e-2)
   sigma = float(sde.marginal_coeffs(jnp.full((1,), s))[1][0])
   z = jax.random.normal(rng, x.shape)
   for scale in (1.0, 10.0):
