@@ -130,7 +130,7 @@ class SDE(abc.ABC):
     return (batch_broadcast(a, x) - 1.0) * x, b
 
   def chain_step(self, x: Array, t: Array) -> tuple[Array, Array]:
-    """Euler-Maruyama step of size T/N: f = f(x, t) T/N, G = g(t) sqrt(T/N) (VP and VE: their chains)."""
+    """Euler-Maruyama step of size T/N: f = f(x, t) T/N, G = g(t) sqrt(T/N); VPSDE and VESDE use their chains."""
     dt = self.T / self.N
     drift, diffusion = self.sde(x, t)
     return drift * dt, diffusion * jnp.sqrt(jnp.asarray(dt, diffusion.dtype))
