@@ -349,6 +349,11 @@ def _check_shape(shape: tuple[int, ...], expected: tuple[int, ...], name: str) -
                      "(data.image_size, data.num_channels)")
 
 
+def dequantize(pixels, noise):
+  """Uniform dequantization (y + u) / 256 in [0, 1) of {0..255} pixels y and u ~ U[0, 1) (NumPy or JAX arrays)."""
+  return (pixels + noise) / 256.0
+
+
 def _preprocess(config: ml_collections.ConfigDict, images: np.ndarray, rng: np.random.Generator,
                 train: bool, rows: slice = slice(None), batch_size: int | None = None) -> np.ndarray:
   """uint8 -> [0, 1]: (x + u) / 256 with u ~ U[0, 1) if dequantizing, else x / 255; random flips.
@@ -359,7 +364,7 @@ def _preprocess(config: ml_collections.ConfigDict, images: np.ndarray, rng: np.r
   batch_shape = (batch_size or len(images),) + images.shape[1:]
   images = images.astype(np.float32)
   if config.data.uniform_dequantization:
-    images = (images + rng.uniform(size=batch_shape)[rows].astype(np.float32)) / 256.0
+    images = dequantize(images, rng.uniform(size=batch_shape)[rows].astype(np.float32))
   else:
     images = images / 255.0
   if train and config.data.random_flip:

@@ -1,5 +1,9 @@
 """Discrete diffusion chains (THEORY.md §1): DDPM posterior, ELBO terms, parametrizations, SNR; SMLD sigmas.
 
+`gaussian_posterior` and `tweedie_x0` are the one implementation of the posterior q(x_s | x_t, x_0)
+and of Tweedie's formula; the samplers of `score_sde.sampling` call them with the coefficients of
+any linear SDE, `DDPMChain` with those of its chain.
+
 DDPM time is an integer t in {0, ..., N}: x_0 is the data, x_N the last latent, and the forward
 kernel q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I) with alpha_t = 1 - beta_t. Array
 arguments `t` are integer arrays of shape [B]; per-sample scalars come back with shape [B].
@@ -18,8 +22,28 @@ from score_sde import sde as sde_lib
 Array = jax.Array
 
 
-def _sum_except_batch(x: Array) -> Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+sum_except_batch = sde_lib.sum_except_batch
+smld_sigmas = sde_lib.smld_sigmas  # ascending; NCSN's label j is index N - 1 - j
+
+
+def tweedie_x0(x_t: Array, score: Array, alpha: Array, sigma: Array) -> Array:
+  """Tweedie: E[x_0 | x_t] = (x_t + sigma_t^2 grad log p_t(x_t)) / alpha_t for x_t = alpha_t x_0 + sigma_t z.
+
+  alpha, sigma broadcast against x_t (scalars, or per-sample after `batch_broadcast`).
+  """
+  return (x_t + sigma**2 * score) / alpha
+
+
+def gaussian_posterior(x_t: Array, x0: Array, a: Array, b2: Array, alpha_s: Array,
+                       var_s: Array) -> tuple[Array, Array]:
+  """q(x_s | x_t, x_0) = N(mean, var I) for x_s = alpha_s x_0 + sigma_s z and the step x_t = a x_s + b z':
+
+  with sigma_t^2 = a^2 var_s + b^2, mean = (a var_s x_t + alpha_s b^2 x_0) / sigma_t^2 and
+  var = var_s b^2 / sigma_t^2 (THEORY.md §1; the DDPM chain has a = sqrt(alpha_t), b^2 = beta_t,
+  alpha_s^2 = abar_{t-1}, var_s = 1 - abar_{t-1}). Coefficients broadcast against x_t.
+  """
+  var_t = a**2 * var_s + b2
+  return (a * var_s * x_t + alpha_s * b2 * x0) / var_t, var_s * b2 / var_t
 
 
 def gaussian_kl(mean1: Array, var1: Array, mean2: Array, var2: Array) -> Array:
@@ -28,12 +52,12 @@ def gaussian_kl(mean1: Array, var1: Array, mean2: Array, var2: Array) -> Array:
   Per dimension: 0.5 (log(var2 / var1) + (var1 + (mean1 - mean2)^2) / var2 - 1). var* broadcast.
   """
   kl = 0.5 * (jnp.log(var2) - jnp.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
-  return _sum_except_batch(jnp.broadcast_to(kl, jnp.broadcast_shapes(kl.shape, mean1.shape)))
+  return sum_except_batch(jnp.broadcast_to(kl, jnp.broadcast_shapes(kl.shape, mean1.shape)))
 
 
 def gaussian_log_prob(x: Array, mean: Array, var: Array) -> Array:
   """log N(x; mean, var I) summed over all but the batch axis."""
-  return _sum_except_batch(-0.5 * (jnp.log(2 * np.pi * var) + (x - mean) ** 2 / var))
+  return sum_except_batch(-0.5 * (jnp.log(2 * np.pi * var) + (x - mean) ** 2 / var))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +74,7 @@ class DDPMChain:
   @classmethod
   def linear(cls, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> "DDPMChain":
     """beta_t = beta_min / N + (t - 1)(beta_max - beta_min) / (N (N - 1)); Ho et al.'s 1e-4..0.02 for N=1000."""
-    return cls(np.linspace(beta_min / N, beta_max / N, N))
+    return cls.from_sde(sde_lib.VPSDE(beta_min, beta_max, N))
 
   @property
   def N(self) -> int:
@@ -103,15 +127,11 @@ class DDPMChain:
     mu_q = [sqrt(alpha_t)(1 - abar_{t-1}) x_t + sqrt(abar_{t-1}) beta_t x_0] / (1 - abar_t),
     sigma_q^2 = beta_t (1 - abar_{t-1}) / (1 - abar_t).
     """
-    dtype = x_t.dtype
-    beta = self.beta(t, dtype)
-    abar_prev = self._at(self.alphas_cumprod, t - 1, dtype)
-    one_minus_abar = self._at(self.one_minus_alphas_cumprod, t, dtype)
-    one_minus_abar_prev = self._at(self.one_minus_alphas_cumprod, t - 1, dtype)
-    coeff_xt = jnp.sqrt(1.0 - beta) * one_minus_abar_prev / one_minus_abar
-    coeff_x0 = jnp.sqrt(abar_prev) * beta / one_minus_abar
-    mean = sde_lib.batch_broadcast(coeff_xt, x_t) * x_t + sde_lib.batch_broadcast(coeff_x0, x0) * x0
-    return mean, beta * one_minus_abar_prev / one_minus_abar
+    beta = self.beta(t, x_t.dtype)
+    sqrt_abar_prev, std_prev = self.marginal_coeffs(t - 1, x_t.dtype)
+    coeffs = (jnp.sqrt(1.0 - beta), beta, sqrt_abar_prev, std_prev**2)
+    mean, var = gaussian_posterior(x_t, x0, *(sde_lib.batch_broadcast(c, x_t) for c in coeffs))
+    return mean, var.reshape(var.shape[:1] + (-1,))[:, 0]
 
   # Parametrizations: x0-prediction, noise prediction and score, exactly interconvertible.
   def eps_from_x0(self, x_t: Array, x0: Array, t: Array) -> Array:
@@ -121,8 +141,7 @@ class DDPMChain:
 
   def x0_from_eps(self, x_t: Array, eps: Array, t: Array) -> Array:
     """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-    mean_coeff, std = self.marginal_coeffs(t, x_t.dtype)
-    return (x_t - sde_lib.batch_broadcast(std, x_t) * eps) / sde_lib.batch_broadcast(mean_coeff, x_t)
+    return self.x0_from_score(x_t, self.score_from_eps(eps, t), t)
 
   def score_from_eps(self, eps: Array, t: Array) -> Array:
     """grad log q(x_t) = -eps / sqrt(1 - abar_t)."""
@@ -134,7 +153,8 @@ class DDPMChain:
 
   def x0_from_score(self, x_t: Array, score: Array, t: Array) -> Array:
     """Tweedie: x_0 = (x_t + (1 - abar_t) score) / sqrt(abar_t)."""
-    return self.x0_from_eps(x_t, self.eps_from_score(score, t), t)
+    mean_coeff, std = self.marginal_coeffs(t, x_t.dtype)
+    return tweedie_x0(x_t, score, sde_lib.batch_broadcast(mean_coeff, x_t), sde_lib.batch_broadcast(std, x_t))
 
   # ELBO (THEORY.md §1): reconstruction - prior matching - sum_{t>=2} denoising matching.
   def prior_kl(self, x0: Array) -> Array:
@@ -147,7 +167,7 @@ class DDPMChain:
   def denoising_kl(self, x0: Array, x0_pred: Array, t: Array) -> Array:
     """KL(q(x_{t-1}|x_t,x_0) || q(x_{t-1}|x_t,x0_pred)) = 0.5 (SNR(t-1) - SNR(t)) ||x0_pred - x_0||^2, t >= 2."""
     weight = 0.5 * (self.snr(t - 1, x0.dtype) - self.snr(t, x0.dtype))
-    return weight * _sum_except_batch((x0_pred - x0) ** 2)
+    return weight * sum_except_batch((x0_pred - x0) ** 2)
 
   def reconstruction_log_prob(self, x0: Array, x0_pred: Array) -> Array:
     """log p(x_0 | x_1) for the Gaussian decoder N(x0_pred(x_1), beta_1 I) (Ho et al.'s sigma_1^2 = beta_1)."""
@@ -182,9 +202,4 @@ class DDPMChain:
     keys = jax.random.split(noise_rng, steps.shape[0])
     denoising, _ = jax.lax.scan(denoising_at, jnp.zeros((batch,), x0.dtype), (steps, keys))
     return {"reconstruction": reconstruction, "prior": self.prior_kl(x0), "denoising": scale * denoising}
-
-
-def smld_sigmas(sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> np.ndarray:
-  """SMLD / NCSN noise levels, geometric and descending: sigma_1 = sigma_max > ... > sigma_N = sigma_min."""
-  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), N))
 

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from score_sde import models
+from score_sde import discrete, models
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
 Array = jax.Array
-ScoreFn = Callable[[Array, Array], Array]
+ScoreFn = sde_lib.ScoreFn
 
 
 def _reduce(x: Array, reduce_mean: bool) -> Array:
@@ -57,7 +57,7 @@ def dsm_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, reduc
 
 
 def _ddpm_marginal(sde: sde_lib.VPSDE, index: Array, dtype) -> tuple[Array, Array]:
-  return (jnp.asarray(sde.sqrt_alphas_cumprod, dtype)[index], jnp.asarray(sde.sqrt_1m_alphas_cumprod, dtype)[index])
+  return discrete.DDPMChain.from_sde(sde).marginal_coeffs(index + 1, dtype)  # chain step i + 1 is grid index i
 
 
 def _smld_marginal(sde: sde_lib.VESDE, index: Array, dtype) -> tuple[Array, Array]:
@@ -89,7 +89,7 @@ def discrete_loss(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, 
   mean_coeff, std = discrete_marginal(sde, index, x.dtype)
   z = jax.random.normal(z_rng, x.shape, x.dtype)
   x_i = sde_lib.batch_broadcast(mean_coeff, x) * x + sde_lib.batch_broadcast(std, x) * z
-  score = score_fn(x_i, index.astype(x.dtype) * sde.T / (sde.N - 1))
+  score = score_fn(x_i, sde.discrete_time(index, x.dtype))
   return _reduce((sde_lib.batch_broadcast(std, x) * score + z) ** 2, reduce_mean)
 
 

@@ -21,13 +21,28 @@ def batch_broadcast(v: Array, x: Array) -> Array:
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
 
 
-def _sum_except_batch(x: Array) -> Array:
+def sum_except_batch(x: Array) -> Array:
+  """Sum over every axis but the first: per-sample totals [B] of x [B, ...]."""
   return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
-def _timestep_index(t: Array, T: float, N: int) -> Array:
-  """Index i of the discrete chain that a continuous time t = i T / (N - 1) corresponds to."""
-  return jnp.round(t * (N - 1) / T).astype(jnp.int32)
+def smld_sigmas(sigma_min: float, sigma_max: float, N: int) -> np.ndarray:
+  """SMLD / NCSN noise levels sigma_i = sigma_min (sigma_max / sigma_min)^(i / (N - 1)), i = 0..N-1, ascending.
+
+  sigma_i = VESDE.sigma(t_i) on the grid t_i = i T / (N - 1). NCSN numbers them the other way: its
+  label j (sigma_max first) is i = N - 1 - j.
+  """
+  return np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+
+def kernel_coeffs(t_coeffs: tuple[Array, Array], s_coeffs: tuple[Array, Array]) -> tuple[Array, Array]:
+  """(a, b) with x_t = a x_s + b z, from the marginal coefficients (alpha, sigma) at t > s:
+
+  a = alpha_t / alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2 (exact for any linear SDE).
+  """
+  (alpha_t, sigma_t), (alpha_s, sigma_s) = t_coeffs, s_coeffs
+  a = alpha_t / alpha_s
+  return a, jnp.sqrt(jnp.maximum(sigma_t**2 - (a * sigma_s) ** 2, 0.0))
 
 
 class SDE(abc.ABC):
@@ -88,10 +103,34 @@ class SDE(abc.ABC):
     """log N(z; 0, prior_std^2 I), shape [B]."""
     dim = np.prod(z.shape[1:])
     var = self.prior_std**2
-    return -0.5 * dim * jnp.log(2 * np.pi * var).astype(z.dtype) - _sum_except_batch(z**2) / (2 * var)
+    return -0.5 * dim * jnp.log(2 * np.pi * var).astype(z.dtype) - sum_except_batch(z**2) / (2 * var)
 
-  def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
-    """Euler-Maruyama step of size T/N: x_{i+1} = x_i + f + G z with f = f(x,t) dt, G = g(t) sqrt(dt)."""
+  def discrete_index(self, t: Array) -> Array:
+    """Index i in 0..N-1 of the grid time t_i = i T / (N - 1) nearest to t (int32)."""
+    return jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+
+  def discrete_time(self, i: Array, dtype=jnp.float32) -> Array:
+    """The grid time t_i = i T / (N - 1) of index i (inverse of `discrete_index`)."""
+    return jnp.asarray(i, dtype) * (self.T / (self.N - 1))
+
+  def transition(self, t: Array, s: Array) -> tuple[Array, Array]:
+    """(a, b), each [B], of the exact forward kernel from s to t > s: x_t = a x_s + b z (`kernel_coeffs`)."""
+    return kernel_coeffs(self.marginal_coeffs(t), self.marginal_coeffs(s))
+
+  def discretize(self, x: Array, t: Array, s: Array | None = None) -> tuple[Array, Array]:
+    """One forward step ending at t: x_t = x_s + f + G z, f like x, G of shape [B].
+
+    With `s` (times [B] < t): the exact kernel of `transition`, f = (a - 1) x, G = b; on the SDE's own
+    grid it is the DDPM step for VP (up to O(1/N^2) in beta) and exactly the SMLD step for VE.
+    Without: the SDE's own N-step chain at t (`chain_step`).
+    """
+    if s is None:
+      return self.chain_step(x, t)
+    a, b = self.transition(t, s)
+    return (batch_broadcast(a, x) - 1.0) * x, b
+
+  def chain_step(self, x: Array, t: Array) -> tuple[Array, Array]:
+    """Euler-Maruyama step of size T/N: f = f(x, t) T/N, G = g(t) sqrt(T/N); VPSDE and VESDE use their chains."""
     dt = self.T / self.N
     drift, diffusion = self.sde(x, t)
     return drift * dt, diffusion * jnp.sqrt(jnp.asarray(dt, diffusion.dtype))
@@ -128,9 +167,9 @@ class ReverseSDE:
     drift = drift - batch_broadcast(diffusion**2, x) * score * self._score_coeff
     return drift, jnp.zeros_like(diffusion) if self.probability_flow else diffusion
 
-  def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
-    """Reverse of the forward discretization: x_i = x_{i+1} - f + c G^2 s + G' z."""
-    f, G = self.forward.discretize(x, t)
+  def discretize(self, x: Array, t: Array, s: Array | None = None) -> tuple[Array, Array]:
+    """Reverse of the forward step (`SDE.discretize`): x_s = x_t - rev_f + G' z, rev_f = f - c G^2 s(x_t, t)."""
+    f, G = self.forward.discretize(x, t, s)
     rev_f = f - batch_broadcast(G**2, x) * self.score_fn(x, t) * self._score_coeff
     return rev_f, jnp.zeros_like(G) if self.probability_flow else G
 
@@ -145,12 +184,8 @@ class VPSDE(SDE):
                        f"got beta_min={beta_min}, beta_max={beta_max}, N={N}")
     self.beta_0 = beta_min
     self.beta_1 = beta_max
-    # DDPM chain: beta_i = beta_min / N + i (beta_max - beta_min) / (N (N - 1)).
+    # The DDPM chain (discrete.DDPMChain.from_sde): beta_i = beta_min / N + i (beta_max - beta_min) / (N (N - 1)).
     self.discrete_betas = np.linspace(beta_min / N, beta_max / N, N)
-    self.alphas = 1.0 - self.discrete_betas
-    self.alphas_cumprod = np.cumprod(self.alphas)
-    self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
-    self.sqrt_1m_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
 
   @property
   def prior_std(self) -> float:
@@ -183,13 +218,10 @@ class VPSDE(SDE):
     # alpha^2 = sigmoid(2 lambda)  =>  log alpha = -softplus(-2 lambda) / 2.
     return self.time_of_log_mean_coeff(-0.5 * jax.nn.softplus(-2.0 * lmbda))
 
-  def discretize(self, x, t):
-    """DDPM transition x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
-    i = _timestep_index(t, self.T, self.N)
-    beta = jnp.asarray(self.discrete_betas, x.dtype)[i]
-    alpha = jnp.asarray(self.alphas, x.dtype)[i]
-    f = batch_broadcast(jnp.sqrt(alpha), x) * x - x
-    return f, jnp.sqrt(beta)
+  def chain_step(self, x, t):
+    """DDPM transition x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z, i = discrete_index(t)."""
+    beta = jnp.asarray(self.discrete_betas, x.dtype)[self.discrete_index(t)]
+    return batch_broadcast(jnp.sqrt(1.0 - beta), x) * x - x, jnp.sqrt(beta)
 
 
 class subVPSDE(VPSDE):
@@ -213,8 +245,8 @@ class subVPSDE(VPSDE):
     alpha = 2.0 * r / (1.0 + jnp.sqrt(1.0 + 4.0 * r**2))
     return self.time_of_log_mean_coeff(jnp.log(alpha))
 
-  def discretize(self, x, t):
-    return SDE.discretize(self, x, t)
+  def chain_step(self, x, t):
+    return SDE.chain_step(self, x, t)  # sub-VP has no discrete chain: Euler-Maruyama
 
 
 class VESDE(SDE):
@@ -224,7 +256,7 @@ class VESDE(SDE):
     super().__init__(N)
     self.sigma_min = sigma_min
     self.sigma_max = sigma_max
-    self.discrete_sigmas = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), N))
+    self.discrete_sigmas = smld_sigmas(sigma_min, sigma_max, N)
 
   @property
   def prior_std(self) -> float:
@@ -244,9 +276,9 @@ class VESDE(SDE):
   def inverse_lambda(self, lmbda):
     return (-lmbda - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
 
-  def discretize(self, x, t):
-    """SMLD transition x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z (sigma_{-1} = 0)."""
-    i = _timestep_index(t, self.T, self.N)
+  def chain_step(self, x, t):
+    """SMLD transition x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (sigma_{-1} = 0), i = discrete_index(t)."""
+    i = self.discrete_index(t)
     sigmas = jnp.asarray(self.discrete_sigmas, x.dtype)
     sigma = sigmas[i]
     previous = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])

@@ -1,4 +1,7 @@
 """Controllable generation against closed forms: guided mixtures, Gaussian inpainting and colorization."""
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,7 @@ import pytest
 
 from configs import base
 from score_sde import controllable, losses, models, sampling, testing
+from score_sde.sampling import inverse
 from score_sde import sde as sde_lib
 
 SDES = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE}
@@ -78,9 +82,9 @@ def test_classifier_guided_sampling_reproduces_the_chosen_component(mixture2d):
   sde = sde_lib.VPSDE()
   log_probs_fn, _ = component_log_prob_fn(mixture2d, sde)
   num, k = 2000, 1
-  guidance = controllable.Guidance(controllable.class_log_prob_fn(log_probs_fn, jnp.full((num,), k)), 1.0)
-  x, _ = controllable.sample_conditional(jax.random.key(0), mixture2d.score_fn(sde), sde, (num, 2), guidance,
-                                         method="pc", num_steps=200, denoise=True)
+  guided = controllable.conditional_score_fn(mixture2d.score_fn(sde),
+                                            controllable.class_log_prob_fn(log_probs_fn, jnp.full((num,), k)), 1.0)
+  x, _ = sampling.sample(jax.random.key(0), guided, sde, (num, 2), method="pc", num_steps=200, denoise=True)
   x = np.asarray(x)
   assigned = np.argmax(np.asarray(mixture2d.responsibilities(jnp.asarray(x))), axis=-1)
   assert np.mean(assigned == k) > 0.99
@@ -168,8 +172,8 @@ def test_inpainting_a_gaussian_matches_the_schur_complement():
   cond_mean, cond_cov = linear_gaussian_posterior(mean, cov, a, a @ observed)
   num, sde = 3000, sde_lib.VESDE(sigma_max=10.0)
   condition = controllable.inpainting(jnp.tile(jnp.asarray(observed, jnp.float32), (num, 1)), known)
-  x, nfe = controllable.sample_conditional(jax.random.key(0), gaussian_score_fn(mean, cov, sde), sde, (num, 4),
-                                           condition, method="pc", num_steps=100, n_steps=5)
+  x, nfe = sampling.sample_inverse(jax.random.key(0), gaussian_score_fn(mean, cov, sde), sde, (num, 4), condition,
+                                   method="pc", num_steps=100, n_steps=5)
   x = np.asarray(x, np.float64)
   assert int(nfe) == 100 * 6 + 1
   np.testing.assert_array_equal(x[:, known > 0], np.tile(observed[known > 0], (num, 1)).astype(np.float32))
@@ -185,8 +189,8 @@ def test_colorizing_a_gaussian_matches_the_linear_gaussian_posterior():
   cond_mean, cond_cov = linear_gaussian_posterior(mean, cov, a, gray[:, 0])
   num, sde = 3000, sde_lib.VESDE(sigma_max=10.0)
   condition = controllable.colorization(jnp.tile(jnp.asarray(gray, jnp.float32), (num, 1, 1)))
-  x, _ = controllable.sample_conditional(jax.random.key(1), gaussian_score_fn(mean, cov, sde), sde, (num, 2, 3),
-                                         condition, method="pc", num_steps=100, n_steps=5)
+  x, _ = sampling.sample_inverse(jax.random.key(1), gaussian_score_fn(mean, cov, sde), sde, (num, 2, 3), condition,
+                                 method="pc", num_steps=100, n_steps=5)
   x = np.asarray(x, np.float64)
   np.testing.assert_allclose(x.mean(-1), np.tile(gray[:, 0], (num, 1)), atol=1e-5)
   x = x.reshape(num, 6)
@@ -204,7 +208,7 @@ def test_initial_state_diffuses_the_observation_and_keeps_prior_noise_elsewhere(
   """Known part ~ N(alpha_T y, sigma_T^2), unknown ~ prior (the reference mixed clean data and prior noise)."""
   sde, num = sde_lib.VESDE(sigma_max=10.0), 20000
   condition = controllable.inpainting(jnp.full((num, 2), 3.0), jnp.array([1.0, 0.0]))
-  x = np.asarray(controllable._initial_state(jax.random.key(0), sde, condition, (num, 2)))
+  x = np.asarray(inverse.initial_state(jax.random.key(0), sde, condition, (num, 2)))
   np.testing.assert_allclose(x.mean(0), [3.0, 0.0], atol=4 * 10.0 / np.sqrt(num))
   np.testing.assert_allclose(x.std(0), [10.0, 10.0], rtol=0.03)
 
@@ -218,10 +222,10 @@ def test_final_denoising_acts_on_the_unknown_part_from_the_clean_observation(met
   condition = controllable.inpainting(jnp.tile(jnp.asarray([0.5, 0.0, -0.3, 0.0]), (num, 1)),
                                       jnp.array([1.0, 0.0, 1.0, 0.0]))
   options = {"num_steps": 20, "eps": 0.05}
-  raw, _ = controllable.sample_conditional(jax.random.key(0), score_fn, sde, (num, 4), condition, method,
-                                           denoise=False, **options)
-  denoised, _ = controllable.sample_conditional(jax.random.key(0), score_fn, sde, (num, 4), condition, method,
-                                                denoise=True, **options)
+  raw, _ = sampling.sample_inverse(jax.random.key(0), score_fn, sde, (num, 4), condition, method, denoise=False,
+                                   **options)
+  denoised, _ = sampling.sample_inverse(jax.random.key(0), score_fn, sde, (num, 4), condition, method, denoise=True,
+                                        **options)
   np.testing.assert_array_equal(denoised[:, ::2], condition.value[:, ::2])
   alpha, sigma = (float(v[0]) for v in sde.marginal_coeffs(jnp.array([0.05])))
   clean_known = raw.at[:, ::2].set(alpha * condition.value[:, ::2])
@@ -233,16 +237,34 @@ def test_final_denoising_acts_on_the_unknown_part_from_the_clean_observation(met
 def test_bad_conditions_are_rejected_with_clear_errors():
   sde, score_fn = sde_lib.VPSDE(), lambda x, t: -x
   condition = controllable.inpainting(jnp.zeros((4, 2)), jnp.array([1.0, 0.0]))
-  with pytest.raises(ValueError, match="cannot solve inverse problems"):
-    controllable.sample_conditional(jax.random.key(0), score_fn, sde, (4, 2), condition, method="ddim")
+  with pytest.raises(ValueError, match=r"unknown inverse-problem sampling method 'ddim'.*'ode', 'pc'"):
+    sampling.sample_inverse(jax.random.key(0), score_fn, sde, (4, 2), condition, method="ddim")
   with pytest.raises(ValueError, match="unknown option"):
-    controllable.sample_conditional(jax.random.key(0), score_fn, sde, (4, 2), condition, num_step=3)
+    sampling.sample_inverse(jax.random.key(0), score_fn, sde, (4, 2), condition, num_step=3)
   with pytest.raises(ValueError, match="observation value has shape"):
-    controllable.sample_conditional(jax.random.key(0), score_fn, sde, (8, 2), condition)
+    sampling.sample_inverse(jax.random.key(0), score_fn, sde, (8, 2), condition)
+  with pytest.raises(ValueError, match="does not broadcast"):
+    sampling.sample_inverse(jax.random.key(0), score_fn, sde, (4, 2), condition._replace(mask=jnp.ones(3)))
   with pytest.raises(ValueError, match="one channel"):
     controllable.colorization(jnp.zeros((4, 8, 8, 3)))
-  with pytest.raises(TypeError, match="condition must be one of"):
-    controllable.sample_conditional(jax.random.key(0), score_fn, sde, (4, 2), {"label": 3})
+  with pytest.raises(TypeError, match="controllable.Observation"):
+    sampling.sample_inverse(jax.random.key(0), score_fn, sde, (4, 2), {"label": 3})
+
+
+@pytest.mark.parametrize("method", ["pc", "ode"])
+@pytest.mark.parametrize("options, message", [
+    ({"num_steps": 0}, "num_steps must be an integer >= 1"),
+    ({"eps": 1.0}, r"eps must lie in \(0, T=1.0\)"),
+    ({"eps": 0.0}, r"eps must lie in \(0, T=1.0\)"),
+])
+def test_inverse_sampling_refuses_the_option_values_plain_sampling_refuses(method, options, message):
+  """One option check for plain and inverse sampling: num_steps = 0 and eps outside (0, T) are refused by both."""
+  sde, score_fn = sde_lib.VPSDE(), lambda x, t: -x
+  condition = controllable.inpainting(jnp.zeros((4, 2)), jnp.array([1.0, 0.0]))
+  with pytest.raises(ValueError, match=message):
+    sampling.sample(jax.random.key(0), score_fn, sde, (4, 2), method, **options)
+  with pytest.raises(ValueError, match=message):
+    sampling.sample_inverse(jax.random.key(0), score_fn, sde, (4, 2), condition, method, **options)
 
 
 # --------------------------------------------------------------------------- training pieces
@@ -381,15 +403,20 @@ def test_classifier_guided_digits_are_judged_the_requested_class(digits, conditi
   assert rates[4.0] > 0.6
 
 
-def test_sampling_sample_routes_a_condition_to_sample_conditional(mixture2d):
-  sde = sde_lib.VESDE()
-  score_fn = mixture2d.score_fn(sde)
-  observed = jnp.tile(jnp.array([[1.5, 0.0]]), (8, 1))
-  condition = controllable.inpainting(observed, jnp.array([1.0, 0.0]))
-  rng = jax.random.PRNGKey(0)
-  routed, routed_nfe = sampling.sample(rng, score_fn, sde, (8, 2), method="pc", condition=condition, num_steps=5)
-  direct, direct_nfe = controllable.sample_conditional(rng, score_fn, sde, (8, 2), condition, method="pc",
-                                                       num_steps=5)
-  np.testing.assert_array_equal(routed, direct)
-  assert int(routed_nfe) == int(direct_nfe)
-  np.testing.assert_allclose(routed[:, 0], 1.5, atol=1e-5)  # the known coordinate is kept
+def test_controllable_imports_no_sampler():
+  """controllable is score transforms and observation builders: importing it loads no sampler module."""
+  code = ("import sys, score_sde.controllable; "
+          "print(sorted(m for m in sys.modules if m.startswith('score_sde.sampling')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "[]"
+
+
+def test_inverse_sampling_reports_progress_per_step():
+  sde = sde_lib.VESDE(sigma_max=5.0)
+  condition = controllable.inpainting(jnp.tile(jnp.array([[1.5, 0.0]]), (8, 1)), jnp.array([1.0, 0.0]))
+  calls = []
+  x, _ = sampling.sample_inverse(jax.random.key(0), lambda x, t: -x, sde, (8, 2), condition, "pc", num_steps=5,
+                                 progress=lambda done, total: calls.append((done, total)))
+  jax.effects_barrier()
+  assert sorted(calls) == [(i, 5) for i in range(1, 6)]
+  np.testing.assert_allclose(x[:, 0], 1.5, atol=1e-5)  # the known coordinate is kept

@@ -54,7 +54,13 @@ def test_snr_decreases_and_chain_matches_vpsde(chain):
   snr = np.asarray(chain.snr(jnp.arange(1, chain.N + 1)))
   assert np.all(np.diff(snr) < 0)
   vp = sde_lib.VPSDE(N=50)
-  np.testing.assert_allclose(discrete.DDPMChain.from_sde(vp).alphas_cumprod[1:], vp.alphas_cumprod)
+  np.testing.assert_array_equal(discrete.DDPMChain.from_sde(vp).betas, vp.discrete_betas)
+  np.testing.assert_array_equal(discrete.DDPMChain.linear(N=50).betas, vp.discrete_betas)
+  # The chain's abar_i tracks the continuous alpha(t_i)^2 on t_i = i T / (N - 1) (Song et al. 2021, App. B).
+  vp, i = sde_lib.VPSDE(N=1000), np.array([0, 1, 500, 999])
+  abar = discrete.DDPMChain.from_sde(vp).alphas_cumprod[i + 1]
+  alpha = np.asarray(vp.marginal_coeffs(vp.discrete_time(i)))[0]
+  np.testing.assert_allclose(np.log(abar), 2 * np.log(alpha), rtol=1e-2, atol=2e-4)
 
 
 def test_denoising_term_equals_kl_between_posteriors(chain):
@@ -115,10 +121,13 @@ def test_elbo_subsampled_timesteps_are_unbiased(mixture2d):
   assert abs(float(full.mean() - sub.mean())) < 4 * standard_error
 
 
-def test_smld_sigmas_geometric_descending():
+def test_smld_sigmas_geometric_ascending_on_the_sde_grid():
+  """One convention: sigma_i = sigma(t_i), t_i = i T / (N - 1), ascending (NCSN's label j is i = N - 1 - j)."""
   sigmas = discrete.smld_sigmas(0.01, 50.0, 10)
-  assert sigmas[0] == pytest.approx(50.0) and sigmas[-1] == pytest.approx(0.01)
+  assert sigmas[0] == pytest.approx(0.01) and sigmas[-1] == pytest.approx(50.0)
   ratios = sigmas[1:] / sigmas[:-1]
   np.testing.assert_allclose(ratios, ratios[0])
-  assert ratios[0] < 1
-  np.testing.assert_allclose(sigmas[::-1], sde_lib.VESDE(0.01, 50.0, 10).discrete_sigmas)
+  assert ratios[0] > 1
+  ve = sde_lib.VESDE(0.01, 50.0, 10)
+  np.testing.assert_array_equal(sigmas, ve.discrete_sigmas)
+  np.testing.assert_allclose(sigmas, ve.sigma(ve.discrete_time(np.arange(10))), rtol=1e-5)

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from configs import base
-from score_sde import losses, models
+from score_sde import discrete, losses, models
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -122,7 +122,8 @@ def test_ddpm_discrete_loss_is_noise_prediction_error():
   i_rng, z_rng = jax.random.split(rng)
   index = jax.random.randint(i_rng, (5,), 0, sde.N)
   z = jax.random.normal(z_rng, x0.shape)
-  x_i = sde.sqrt_alphas_cumprod[index][:, None] * x0 + sde.sqrt_1m_alphas_cumprod[index][:, None] * z
+  abar = discrete.DDPMChain.from_sde(sde).alphas_cumprod[np.asarray(index) + 1]  # grid index i is chain step i + 1
+  x_i = np.sqrt(abar)[:, None] * x0 + np.sqrt(1 - abar)[:, None] * z
   expected = 0.5 * jnp.sum((eps_model(x_i, index.astype(jnp.float32)) - z) ** 2, -1)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.experimental import io_callback
 
-from score_sde import sampling
+from score_sde import discrete, sampling
 from score_sde import sde as sde_lib
 from score_sde.sampling import fast, pc, utils
 
@@ -118,15 +118,19 @@ def test_ancestral_step_is_ddpm_ancestral_sampling_on_the_ddpm_grid():
   """posterior_step with the DDPM chain's coefficients = (x_i + beta_i s) / sqrt(1 - beta_i) + sigma_i z,
 
   sigma_i^2 = beta_i (1 - abar_{i-1}) / (1 - abar_i) (THEORY.md §1)."""
-  sde = sde_lib.VPSDE(N=1000)
+  chain = discrete.DDPMChain.from_sde(sde_lib.VPSDE(N=1000))
   rng = np.random.RandomState(0)
   x, score, noise = (rng.normal(size=(5, 3)) for _ in range(3))
-  for i in (1, 10, 500, 999):
-    abar, abar_prev, beta = sde.alphas_cumprod[i], sde.alphas_cumprod[i - 1], sde.discrete_betas[i]
+  for i in (2, 10, 500, 1000):  # chain steps t = 1..N
+    abar, abar_prev, beta = chain.alphas_cumprod[i], chain.alphas_cumprod[i - 1], chain.betas[i - 1]
     got = pc.posterior_step(x, score, (np.sqrt(abar), np.sqrt(1 - abar)), (np.sqrt(abar_prev), np.sqrt(1 - abar_prev)),
                             noise)
     ddpm = (x + beta * score) / np.sqrt(1 - beta) + np.sqrt(beta * (1 - abar_prev) / (1 - abar)) * noise
     np.testing.assert_allclose(got, ddpm, rtol=1e-5, atol=1e-6)
+    # The sampler's step is the chain's tested posterior q(x_{t-1} | x_t, x0_hat) with Tweedie's x0_hat.
+    t = jnp.full((5,), i)
+    mean, var = chain.posterior_mean_variance(jnp.asarray(x), chain.x0_from_score(jnp.asarray(x), score, t), t)
+    np.testing.assert_allclose(got, mean + np.sqrt(np.asarray(var))[:, None] * noise, rtol=1e-4, atol=1e-5)
 
 
 def test_ancestral_step_is_smld_ancestral_sampling_on_the_smld_grid():
@@ -173,3 +177,70 @@ def test_time_grids_run_from_T_to_eps(sde_name, skip_type):
   if skip_type == "logSNR":
     steps = np.diff(np.asarray(sde.marginal_lambda(jnp.asarray(times))))
     np.testing.assert_allclose(steps, steps[0], rtol=2e-3)
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_reverse_diffusion_is_the_reversed_sde_discretization(mixture2d, sde_name):
+  """The predictor is x_s = x_t - rev_f + G z with (rev_f, G) = ReverseSDE.discretize(x_t, t, s); on the VE
+  grid that step is SMLD's: G^2 = sigma_i^2 - sigma_{i-1}^2."""
+  sde = SDES[sde_name](N=50)
+  score_fn = mixture2d.score_fn(sde)
+  x = 2.0 * jax.random.normal(jax.random.key(0), (16, 2))
+  t, s, rng = sde.discrete_time(30), sde.discrete_time(29), jax.random.key(1)
+  rev_f, G = sde.reverse(score_fn).discretize(x, jnp.full((16,), t), jnp.full((16,), s))
+  expected = x - rev_f + G[:, None] * jax.random.normal(rng, x.shape)
+  np.testing.assert_allclose(pc.reverse_diffusion(rng, x, t, s, score_fn, sde), expected, rtol=1e-5, atol=1e-5)
+  if sde_name == "ve":
+    np.testing.assert_allclose(G**2, sde.discrete_sigmas[30]**2 - sde.discrete_sigmas[29]**2, rtol=1e-4)
+    np.testing.assert_allclose(G, sde.discretize(x, jnp.full((16,), t))[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize("sde_name", sorted(SDES))
+def test_annealed_langevin_step_size_follows_the_noise_level_not_the_score(sde_name):
+  """ALD (score_sde's AnnealedLangevinDynamics): x + tau s + sqrt(2 tau) z with tau = 2 alpha (snr sigma_t)^2,
+  alpha = 1 for VE and the DDPM 1 - beta_i for VP / sub-VP; scaling the score leaves tau unchanged."""
+  sde = SDES[sde_name](N=1000)
+  x = jax.random.normal(jax.random.key(0), (32, 3))
+  rng, snr = jax.random.key(1), 0.2
+  i = 600
+  t, s = sde.discrete_time(i), sde.discrete_time(i - 1)
+  alpha = pc.corrector_alpha(sde, t, s)
+  if sde_name == "ve":
+    assert float(alpha) == 1.0
+  else:  # the reference's sde.alphas[i] = 1 - beta_i, up to O(1/N^2) (here 0.6% of beta_i ~ 0.012)
+    np.testing.assert_allclose(1.0 - float(alpha), sde.discrete_betas[i], rtol=1e-2)
+  sigma = float(sde.marginal_coeffs(jnp.full((1,), s))[1][0])
+  z = jax.random.normal(rng, x.shape)
+  for scale in (1.0, 10.0):
+    score_fn = lambda y, _: -scale * y
+    tau = 2.0 * float(alpha) * (snr * sigma) ** 2
+    expected = x - scale * tau * x + np.sqrt(2.0 * tau) * z
+    got = pc.annealed_langevin(rng, x, s, alpha, score_fn, sde, snr)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    langevin = pc.langevin(rng, x, s, alpha, score_fn, sde, snr)  # the other corrector scales with 1 / ||s||^2
+    assert float(jnp.max(jnp.abs(langevin - got))) > 1e-3
+
+
+@pytest.mark.parametrize("method, options, total", [
+    ("pc", {"num_steps": 7, "n_steps": 2}, 7),
+    ("ddim", {"num_steps": 5}, 5),
+    ("ode", {"solver": "heun", "num_steps": 6}, 6),
+    ("sde", {"solver": "euler", "num_steps": 4}, 4),
+])
+def test_progress_is_reported_once_per_sampler_step(mixture2d, method, options, total):
+  sde = sde_lib.VPSDE()
+  calls = []
+  sampling.sample(jax.random.key(0), mixture2d.score_fn(sde), sde, (8, 2), method,
+                  progress=lambda done, steps: calls.append((done, steps)), **options)
+  jax.effects_barrier()
+  assert sorted(calls) == [(i, total) for i in range(1, total + 1)]
+
+
+def test_adaptive_ode_progress_reports_percent_of_the_interval(mixture2d):
+  sde = sde_lib.VPSDE()
+  calls = []
+  _, nfe = sampling.sample(jax.random.key(0), mixture2d.score_fn(sde), sde, (8, 2), "ode", rtol=1e-3, atol=1e-3,
+                           progress=lambda done, steps: calls.append((done, steps)))
+  jax.effects_barrier()
+  assert len(calls) == (int(nfe) - 1) // 6  # one per step attempt (Tsit5: 6 evaluations per step + 1)
+  assert {steps for _, steps in calls} == {100} and max(done for done, _ in calls) == 100

@@ -28,12 +28,12 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from absl import flags
 
 from score_sde import configs_util, controllable, datasets, evaluate, launch, models, parallel, sampling, train
 from score_sde import sde as sde_lib
 from score_sde.cli import common
+from score_sde.sampling.progress import StepBar
 
 common.define_checkpoint_flags()
 flags.DEFINE_string("method", None, "sampling method (default: config.sampling.method)")
@@ -111,21 +111,21 @@ def observed_view(images, condition: controllable.Observation) -> np.ndarray:
   return np.asarray(images * condition.mask + (1 - condition.mask) * 0.5 * (images.min() + images.max()))
 
 
-def get_draw_fn(config, sde, method: str, options: dict, shape, make_score_fn, mesh):
+def get_draw_fn(config, sde, method: str, options: dict, shape, make_score_fn, mesh, progress):
   """Jitted (key, params, classifier_params, test images in [0, 1] or None) -> (samples in [0, 1], nfe).
 
   The samples are split over `mesh` along the batch axis; with test images it solves the inverse
-  problem of --inpaint / --colorize.
+  problem of --inpaint / --colorize. progress(steps_done, steps_total) is called after every sampler step.
   """
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
 
   def draw(key, params, classifier_params, images):
     score_fn = make_score_fn(params, classifier_params)
     if images is None:
-      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
+      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, progress=progress, **options)
     else:
-      x, nfe = controllable.sample_conditional(key, score_fn, sde, shape, observe(scaler(images)),
-                                               method=method, **options)
+      x, nfe = sampling.sample_inverse(key, score_fn, sde, shape, observe(scaler(images)), method=method,
+                                       progress=progress, **options)
     return inverse_scaler(x), nfe
 
   return jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
@@ -146,7 +146,7 @@ def check_flags(config, batch: int, mesh) -> tuple[str, dict]:
     raise ValueError("--class_label needs a class-conditional model (model.num_classes > 0) or --classifier_workdir")
   method, options = configs_util.sampler_options(config, method=FLAGS.method, num_steps=FLAGS.num_steps)
   if inverse:
-    accepted = controllable.inverse_options_of(method)
+    accepted = sampling.options_of(method, inverse_problem=True)
     options = {name: value for name, value in options.items() if name in accepted}
   return method, options
 
@@ -195,13 +195,17 @@ def main(argv):
   labels = None if FLAGS.class_label is None else np.full(batch, FLAGS.class_label, np.int32)
   classifier, classifier_params = restore_classifier()
   make_score_fn = score_fn_factory(config, sde, model, labels, classifier)
-  draw = get_draw_fn(config, sde, method, options, (batch,) + datasets.data_shape(config), make_score_fn, mesh)
+  num_batches = -(-FLAGS.num // batch)
+  bar = StepBar(num_batches, desc=f"sampling ({method}, {num_batches} batches)",
+                disable=not parallel.is_main_process())
+  draw = get_draw_fn(config, sde, method, options, (batch,) + datasets.data_shape(config), make_score_fn, mesh,
+                     bar)
   rng, params, classifier_params = parallel.replicate((jax.random.key(FLAGS.seed), params, classifier_params), mesh)
   test_batches = (datasets.get_dataset(config, "test", batch_size=batch, rows=parallel.process_rows(batch, mesh))
                   if inverse else None)
   samples, originals, observed, total_nfe = [], [], [], 0.0
-  num_batches = -(-FLAGS.num // batch)
-  for k in tqdm.trange(num_batches, desc=f"sampling ({method})", unit="batch", disable=not parallel.is_main_process()):
+  for k in range(num_batches):
+    bar.start_batch(k)
     images = parallel.global_batch(next(test_batches)["image"], mesh) if inverse else None
     x, nfe = parallel.fetch(draw(jax.random.fold_in(rng, k), params, classifier_params, images))
     samples.append(x)
@@ -215,6 +219,7 @@ def main(argv):
     arrays["labels"] = np.full(FLAGS.num, FLAGS.class_label)
   if inverse:
     arrays.update(originals=np.concatenate(originals)[:FLAGS.num], observed=np.concatenate(observed)[:FLAGS.num])
+  bar.close()
   if parallel.is_main_process():
     out = pathlib.Path(FLAGS.out or pathlib.Path(FLAGS.workdir) / "samples_cli")
     path = write(config, out, output_name(step, method, total_nfe / num_batches), arrays)

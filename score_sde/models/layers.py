@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde import sde as sde_lib
 from score_sde.models import normalization, up_or_down_sampling
 
 Array = jax.Array
@@ -106,12 +107,8 @@ class AttnBlock(nn.Module):
     return rescale_skip(x, h, self.skip_rescale)
 
 
-class Upsample(nn.Module):
-  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.): FIR alone, or fused with a conv.
-
-  The fused FIR conv is StyleGAN2's upsample_conv_2d: a stride-2 transposed conv (VALID), then the
-  FIR low-pass (gain 4) trimmed back to 2H x 2W.
-  """
+class _Resample(nn.Module):
+  """The fields of Upsample and Downsample: output channels (default: the input's), a conv, FIR filtering."""
 
   out_ch: int | None = None
   with_conv: bool = False
@@ -119,6 +116,14 @@ class Upsample(nn.Module):
   fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
   conv_size: int = 3
   dtype: jnp.dtype = jnp.float32
+
+
+class Upsample(_Resample):
+  """x2 upsampling: nearest (+ conv), or FIR (Karras et al.): FIR alone, or fused with a conv.
+
+  The fused FIR conv is StyleGAN2's upsample_conv_2d: a stride-2 transposed conv (VALID), then the
+  FIR low-pass (gain 4) trimmed back to 2H x 2W.
+  """
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -136,18 +141,11 @@ class Upsample(nn.Module):
     return h + self.param("bias", nn.initializers.zeros, (out_ch,)).astype(self.dtype)  # after the filter
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
   """/2 downsampling: strided conv or 2x2 mean, or FIR (Karras et al.): FIR alone, or fused with a conv.
 
   The fused FIR conv is StyleGAN2's conv_downsample_2d: the FIR low-pass, then a stride-2 VALID conv.
   """
-
-  out_ch: int | None = None
-  with_conv: bool = False
-  fir: bool = False
-  fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
-  conv_size: int = 3
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -255,8 +253,8 @@ COMBINE_METHODS: dict[str, Callable[[Array, Array], Array]] = {
 class NoiseLabels:
   """How a network reads the noise labels of `score_sde.models.utils`.
 
-  Labels are sigma(t) (continuous VE), 999 t (VP, sub-VP) or, with `ncsn_index`, the discrete SMLD
-  index i into the descending sigmas sigma_i = sigma_max (sigma_min / sigma_max)^(i / (N - 1)).
+  Labels are sigma(t) (continuous VE), 999 t (VP, sub-VP) or, with `ncsn_index`, NCSN's label
+  j = N - 1 - i of the SMLD noise level sigma_i = `sde.smld_sigmas(...)[i]` (sigma_max first).
   """
 
   ncsn_index: bool = False
@@ -268,8 +266,8 @@ class NoiseLabels:
     """The noise level sigma a label stands for (only meaningful for VE labels)."""
     if not self.ncsn_index:
       return labels.astype(jnp.float32)
-    ratio = labels.astype(jnp.float32) / (self.num_scales - 1)
-    return self.sigma_max * (self.sigma_min / self.sigma_max) ** ratio
+    sigmas = jnp.asarray(sde_lib.smld_sigmas(self.sigma_min, self.sigma_max, self.num_scales), jnp.float32)
+    return sigmas[self.num_scales - 1 - jnp.round(labels).astype(jnp.int32)]
 
 
 def noise_labels_from_config(config) -> NoiseLabels:

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from score_sde import discrete
 from score_sde import sde as sde_lib
 
 Array = jax.Array
@@ -49,19 +50,20 @@ def _vp_score(sde: sde_lib.VPSDE, model_fn, x: Array, t: Array, continuous: bool
     _, std = sde.marginal_coeffs(t)
     return -model_fn(x, t * 999) / sde_lib.batch_broadcast(std, x)
   labels = t * (sde.N - 1)
-  std = jnp.asarray(sde.sqrt_1m_alphas_cumprod, x.dtype)[labels.astype(jnp.int32)]
+  _, std = discrete.DDPMChain.from_sde(sde).marginal_coeffs(labels.astype(jnp.int32) + 1, x.dtype)
   return -model_fn(x, labels) / sde_lib.batch_broadcast(std, x)
 
 
 def _ve_score(sde: sde_lib.VESDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
   """Score network s(x, label) (which may divide by sigma itself, `scale_by_sigma`).
 
-  Labels are sigma(t) in continuous time, else the NCSN index (N - 1)(T - t) into descending sigmas.
+  Labels are sigma(t) in continuous time, else NCSN's label N - 1 - i for grid index i
+  (`sde.discrete_index`; NCSN numbers its noise levels from sigma_max down).
   """
   if continuous:
     labels = sde.marginal_coeffs(t)[1]
   else:
-    labels = jnp.round((sde.T - t) * (sde.N - 1))
+    labels = (sde.N - 1 - sde.discrete_index(t)).astype(x.dtype)
   return model_fn(x, labels)
 
 

@@ -14,28 +14,22 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from score_sde import discrete
 from score_sde import sde as sde_lib
 from score_sde.sampling import utils
 
 Array = jax.Array
-ScoreFn = utils.ScoreFn
-
-
-def _lambda(sde: sde_lib.SDE, t: Array) -> Array:
-  return sde.marginal_lambda(jnp.reshape(t, (1,)))[0]
-
-
-def _time(sde: sde_lib.SDE, lmbda: Array) -> Array:
-  return sde.inverse_lambda(jnp.reshape(lmbda, (1,)))[0]
+ScoreFn = sde_lib.ScoreFn
 
 
 def ddim_step(rng: Array, x: Array, t: Array, s: Array, score_fn: ScoreFn, sde: sde_lib.SDE, eta: float) -> Array:
   """x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, c = eta sqrt(Var q(x_s | x_t, x0)) (DDIM eq. 12)."""
   alpha_t, sigma_t = utils.coeffs(sde, t)
   alpha_s, sigma_s = utils.coeffs(sde, s)
-  _, b = utils.transition_coeffs(sde, t, s)
-  noise_pred = utils.noise_prediction(score_fn, sde, x, t)
-  x0 = (x - sigma_t * noise_pred) / alpha_t
+  _, b = utils.transition(sde, t, s)
+  score = score_fn(x, utils.batch_times(t, x))
+  noise_pred = -sigma_t * score
+  x0 = discrete.tweedie_x0(x, score, alpha_t, sigma_t)
   c = eta * sigma_s * b / sigma_t
   return alpha_s * x0 + jnp.sqrt(jnp.maximum(sigma_s**2 - c**2, 0.0)) * noise_pred + c * jax.random.normal(
       rng, x.shape, x.dtype)
@@ -45,7 +39,7 @@ def _first_order(sde, x, t, u, noise_pred_t):
   """DPM-Solver-1 from t to u: (alpha_u / alpha_t) x - sigma_u (e^{lambda_u - lambda_t} - 1) eps_t."""
   alpha_t, _ = utils.coeffs(sde, t)
   alpha_u, sigma_u = utils.coeffs(sde, u)
-  return alpha_u / alpha_t * x - sigma_u * jnp.expm1(_lambda(sde, u) - _lambda(sde, t)) * noise_pred_t
+  return alpha_u / alpha_t * x - sigma_u * jnp.expm1(utils.log_snr(sde, u) - utils.log_snr(sde, t)) * noise_pred_t
 
 
 def _dpm1(x, t, s, score_fn, sde, noise_pred_t):
@@ -54,8 +48,8 @@ def _dpm1(x, t, s, score_fn, sde, noise_pred_t):
 
 def _dpm2(x, t, s, score_fn, sde, noise_pred_t, r1=0.5):
   """DPM-Solver-2: one midpoint evaluation at lambda_t + r1 h."""
-  lam_t, h = _lambda(sde, t), _lambda(sde, s) - _lambda(sde, t)
-  s1 = _time(sde, lam_t + r1 * h)
+  lam_t, h = utils.log_snr(sde, t), utils.log_snr(sde, s) - utils.log_snr(sde, t)
+  s1 = utils.time_of_log_snr(sde, lam_t + r1 * h)
   u1 = _first_order(sde, x, t, s1, noise_pred_t)
   d1 = utils.noise_prediction(score_fn, sde, u1, s1) - noise_pred_t
   _, sigma_s = utils.coeffs(sde, s)
@@ -64,8 +58,8 @@ def _dpm2(x, t, s, score_fn, sde, noise_pred_t, r1=0.5):
 
 def _dpm3(x, t, s, score_fn, sde, noise_pred_t, r1=1.0 / 3.0, r2=2.0 / 3.0):
   """DPM-Solver-3: evaluations at lambda_t + r1 h and lambda_t + r2 h."""
-  lam_t, h = _lambda(sde, t), _lambda(sde, s) - _lambda(sde, t)
-  s1, s2 = _time(sde, lam_t + r1 * h), _time(sde, lam_t + r2 * h)
+  lam_t, h = utils.log_snr(sde, t), utils.log_snr(sde, s) - utils.log_snr(sde, t)
+  s1, s2 = utils.time_of_log_snr(sde, lam_t + r1 * h), utils.time_of_log_snr(sde, lam_t + r2 * h)
   u1 = _first_order(sde, x, t, s1, noise_pred_t)
   d1 = utils.noise_prediction(score_fn, sde, u1, s1) - noise_pred_t
   _, sigma_s2 = utils.coeffs(sde, s2)
@@ -80,7 +74,8 @@ DPM_SOLVER_STEPS = {1: _dpm1, 2: _dpm2, 3: _dpm3}  # order -> step; it costs `or
 
 
 def ddim(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 50, eta: float = 0.0,
-         skip_type: str = "time_uniform", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+         skip_type: str = "time_uniform", eps: float = 1e-3, denoise: bool = False,
+         progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """DDIM with num_steps steps (nfe = num_steps)."""
   utils.check_skip_type(skip_type)
   prior_rng, steps_rng = jax.random.split(rng)
@@ -89,13 +84,14 @@ def ddim(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: i
     t, s = utils.grid_time(sde, u, eps, skip_type), utils.grid_time(sde, u_next, eps, skip_type)
     return ddim_step(jax.random.fold_in(steps_rng, i), x, t, s, score_fn, sde, eta)
 
-  x = utils.fixed_steps(step, sde.prior_sampling(prior_rng, shape), num_steps)
+  x = utils.fixed_steps(step, sde.prior_sampling(prior_rng, shape), num_steps, progress)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
   return x, num_steps + denoise_nfe
 
 
 def dpm_solver(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, order: int = 3, num_steps: int = 10,
-               skip_type: str = "logSNR", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+               skip_type: str = "logSNR", eps: float = 1e-3, denoise: bool = False,
+               progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """Singlestep DPM-Solver-`order` with num_steps steps (nfe = order * num_steps)."""
   if order not in DPM_SOLVER_STEPS:
     raise ValueError(f"unknown DPM-Solver order {order!r}; choose from {sorted(DPM_SOLVER_STEPS)}")
@@ -107,13 +103,14 @@ def dpm_solver(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, order:
     t, s = utils.grid_time(sde, u, eps, skip_type), utils.grid_time(sde, u_next, eps, skip_type)
     return update(x, t, s, score_fn, sde, utils.noise_prediction(score_fn, sde, x, t))
 
-  x = utils.fixed_steps(step, sde.prior_sampling(rng, shape), num_steps)
+  x = utils.fixed_steps(step, sde.prior_sampling(rng, shape), num_steps, progress)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
   return x, order * num_steps + denoise_nfe
 
 
 def dpm_solver_pp(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 20,
-                  skip_type: str = "logSNR", eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+                  skip_type: str = "logSNR", eps: float = 1e-3, denoise: bool = False,
+                  progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """DPM-Solver++(2M): x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, nfe = num_steps.
 
   D = x0_t + (x0_t - x0_prev) / (2 r), r = h_prev / h, is the multistep 2nd-order estimate of the
@@ -126,13 +123,13 @@ def dpm_solver_pp(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num
     t, s = utils.grid_time(sde, u, eps, skip_type), utils.grid_time(sde, u_next, eps, skip_type)
     _, sigma_t = utils.coeffs(sde, t)
     alpha_s, sigma_s = utils.coeffs(sde, s)
-    h = _lambda(sde, s) - _lambda(sde, t)
+    h = utils.log_snr(sde, s) - utils.log_snr(sde, t)
     x0 = utils.data_prediction(score_fn, sde, x, t)
     correction = jnp.where(i == 0, 0.0, h / (2.0 * h_prev)) * (x0 - x0_prev)
     return sigma_s / sigma_t * x - alpha_s * jnp.expm1(-h) * (x0 + correction), x0, h
 
   x = sde.prior_sampling(rng, shape)
-  x, _, _ = utils.fixed_steps(step, (x, jnp.zeros_like(x), jnp.ones((), x.dtype)), num_steps)
+  x, _, _ = utils.fixed_steps(step, (x, jnp.zeros_like(x), jnp.ones((), x.dtype)), num_steps, progress)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
   return x, num_steps + denoise_nfe
 
@@ -143,7 +140,8 @@ def edm_sigma(sigma_max: Array, sigma_min: Array, u: Array, rho: float = 7.0) ->
 
 
 def edm_heun(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_steps: int = 18, rho: float = 7.0,
-             eps: float = 1e-3, denoise: bool = False) -> tuple[Array, Array]:
+             eps: float = 1e-3, denoise: bool = False,
+             progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """EDM Heun on dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ with D the Tweedie data prediction.
 
   The sigma~ grid runs from sigma~(T) to sigma~(eps) (rho spacing); the time of each sigma~ is
@@ -154,7 +152,7 @@ def edm_heun(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_step
 
   def sigma_and_time(u):
     sigma = edm_sigma(sigma_max, sigma_min, u, rho)
-    t = _time(sde, -jnp.log(sigma))
+    t = utils.time_of_log_snr(sde, -jnp.log(sigma))
     return sigma, jnp.where(u <= 0.0, sde.T, jnp.where(u >= 1.0, eps, t))
 
   def slope(y, t, sigma):
@@ -169,7 +167,7 @@ def edm_heun(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, num_step
     return y + (sigma_s - sigma_t) * 0.5 * (d_t + slope(y_euler, s, sigma_s))
 
   alpha_T, _ = utils.coeffs(sde, jnp.asarray(sde.T))
-  y = utils.fixed_steps(step, sde.prior_sampling(rng, shape) / alpha_T, num_steps)
+  y = utils.fixed_steps(step, sde.prior_sampling(rng, shape) / alpha_T, num_steps, progress)
   alpha_eps, _ = utils.coeffs(sde, jnp.asarray(eps))
   x, denoise_nfe = utils.finish(score_fn, sde, alpha_eps * y, eps, denoise)
   return x, 2 * num_steps + denoise_nfe

@@ -9,13 +9,15 @@ import functools
 from typing import NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from score_sde import sde as sde_lib
 from score_sde.sampling import utils
 
 Array = jax.Array
-ScoreFn = utils.ScoreFn
+ScoreFn = sde_lib.ScoreFn
 
 
 class OdeSolver(NamedTuple):
@@ -37,11 +39,44 @@ SOLVERS = {
 }
 
 
-def integrate(vector_field, x: Array, t0: float, t1: float, solver: str, rtol: float, atol: float,
-              num_steps: int | None, max_steps: int) -> tuple[Array, Array]:
-  """x(t1) from x(t0) along dx/dt = vector_field(t, x, args) in one diffeqsolve, and the field evaluations.
+class StepProgress(diffrax.AbstractProgressMeter):
+  """A diffrax progress meter that calls progress(steps_done, steps_total) on every solver step.
 
-  Adaptive (PIDController(rtol, atol)) when num_steps is None, else num_steps constant steps.
+  With a step count (fixed steps) it reports the steps taken of num_steps; adaptive solves have no
+  step count in advance, so they report the percent of the time interval covered (of 100), once per
+  step attempt (a rejected step repeats the last value).
+  """
+
+  progress: utils.Progress = eqx.field(static=True)
+  num_steps: Array | int | None = None
+
+  def init(self) -> Array:
+    return jnp.zeros((), jnp.int32)
+
+  def step(self, state: Array, progress: Array) -> Array:
+    if self.num_steps is None:
+      utils.report(self.progress, jnp.round(100 * progress).astype(jnp.int32), 100)
+    else:
+      utils.report(self.progress, state + 1, self.num_steps)
+    return state + 1
+
+  def close(self, state: Array) -> None:
+    del state
+
+
+def progress_meter(progress: utils.Progress | None, num_steps) -> diffrax.AbstractProgressMeter:
+  """`StepProgress` for a progress callable, else diffrax's silent meter."""
+  return diffrax.NoProgressMeter() if progress is None else StepProgress(progress, num_steps)
+
+
+def integrate(vector_field, y0, t0: float, t1: float, solver: str, rtol: float, atol: float,
+              num_steps: int | None, max_steps: int, progress: utils.Progress | None = None,
+              first_step: float | None = None):
+  """y(t1) from y(t0) (any pytree) along dy/dt = vector_field(t, y, args) in one diffeqsolve, and the
+  field evaluations: `stages` per step attempt, + 1 for FSAL solvers (Tsit5, Dopri5).
+
+  Adaptive (PIDController(rtol, atol); first step `first_step`, or diffrax's choice when None) when
+  num_steps is None, else num_steps constant steps. progress: see `StepProgress`.
   """
   if solver not in SOLVERS:
     raise ValueError(f"unknown ODE solver {solver!r}; choose from {sorted(SOLVERS)}")
@@ -49,16 +84,19 @@ def integrate(vector_field, x: Array, t0: float, t1: float, solver: str, rtol: f
   if num_steps is None:
     if solver == "euler":
       raise ValueError("solver 'euler' has no error estimate for adaptive stepping; give num_steps")
-    controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), (t1 - t0) / 100
+    controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol), first_step
   else:
     controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
-  sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), spec.solver(), t0=t0, t1=t1, dt0=dt0, y0=x,
-                            stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
-  return sol.ys[0], spec.stages * sol.stats["num_steps"] + int(spec.fsal)
+  sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), spec.solver(), t0=t0, t1=t1, dt0=dt0, y0=y0,
+                            stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps,
+                            progress_meter=progress_meter(progress, num_steps))
+  y1 = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
+  return y1, spec.stages * sol.stats["num_steps"] + int(spec.fsal)
 
 
 def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, solver: str, rtol: float,
-           atol: float, num_steps: int | None, max_steps: int) -> tuple[Array, Array]:
+           atol: float, num_steps: int | None, max_steps: int,
+           progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """x(t1) from x(t0) along the probability-flow ODE, and the score evaluations used."""
   flow = sde.reverse(score_fn, probability_flow=True)
 
@@ -66,7 +104,7 @@ def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, 
     del args
     return flow.sde(y, utils.batch_times(t, y))[0]
 
-  return integrate(vector_field, x, t0, t1, solver, rtol, atol, num_steps, max_steps)
+  return integrate(vector_field, x, t0, t1, solver, rtol, atol, num_steps, max_steps, progress, (t1 - t0) / 100)
 
 
 _STATIC = ("score_fn", "sde", "solver", "rtol", "atol", "num_steps", "eps", "max_steps")
@@ -90,12 +128,13 @@ def decode(score_fn: ScoreFn, sde: sde_lib.SDE, z: Array, *, solver: str = "tsit
 
 def sample(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, solver: str = "tsit5", rtol: float = 1e-5,
            atol: float = 1e-5, num_steps: int | None = None, eps: float = 1e-3, denoise: bool = False,
-           max_steps: int = 4096) -> tuple[Array, Array]:
+           max_steps: int = 4096, progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """decode(prior sample): adaptive (PIDController) when num_steps is None, else num_steps fixed steps.
 
   max_steps bounds the solver loop (adaptive or not); nfe comes from the steps diffrax took.
+  progress: per step of a fixed-step solve, else percent of [eps, T] (`StepProgress`).
   """
   z = sde.prior_sampling(rng, shape)
-  x, nfe = _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps)
+  x, nfe = _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps, progress)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
   return x, nfe + denoise_nfe

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import lineax
 
 from score_sde import sde as sde_lib
-from score_sde.sampling import utils
+from score_sde.sampling import ode, utils
 
 Array = jax.Array
-ScoreFn = utils.ScoreFn
+ScoreFn = sde_lib.ScoreFn
 
 
 class SdeSolver(NamedTuple):
@@ -36,10 +36,10 @@ SOLVERS = {
 
 def sample(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, solver: str = "euler",
            num_steps: int | None = None, eps: float = 1e-3, denoise: bool = False,
-           max_steps: int = 4096) -> tuple[Array, Array]:
+           max_steps: int = 4096, progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """Reverse-SDE sample with num_steps (default sde.N, at most max_steps) fixed steps of `solver`.
 
-  nfe = stages * (steps diffrax took).
+  nfe = stages * (steps diffrax took); progress(i, num_steps) after each step.
   """
   if solver not in SOLVERS:
     raise ValueError(f"unknown SDE solver {solver!r}; choose from {sorted(SOLVERS)}")
@@ -62,6 +62,7 @@ def sample(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, solver: st
   brownian = diffrax.UnsafeBrownianPath(shape=shape, key=brownian_rng)
   terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
   sol = diffrax.diffeqsolve(terms, spec.solver(), t0=0.0, t1=s1, dt0=s1 / num_steps, y0=x,
-                            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, adjoint=diffrax.ForwardMode())
+                            saveat=diffrax.SaveAt(t1=True), max_steps=max_steps, adjoint=diffrax.ForwardMode(),
+                            progress_meter=ode.progress_meter(progress, num_steps))
   x, denoise_nfe = utils.finish(score_fn, sde, sol.ys[0], eps, denoise)
   return x, spec.stages * sol.stats["num_steps"] + denoise_nfe

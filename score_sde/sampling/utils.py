@@ -1,4 +1,4 @@
-"""Pieces shared by every sampler: time grids, parametrization conversions, the Tweedie step."""
+"""Pieces shared by every sampler: scalar-time coefficients, time grids, the Tweedie step, the step loop."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,10 +6,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from score_sde import discrete
 from score_sde import sde as sde_lib
 
 Array = jax.Array
-ScoreFn = Callable[[Array, Array], Array]
+ScoreFn = sde_lib.ScoreFn
+Progress = Callable[[int, int], None]  # progress(steps_done, steps_total), a host function
 
 
 def batch_times(t: Array, x: Array) -> Array:
@@ -17,16 +19,35 @@ def batch_times(t: Array, x: Array) -> Array:
   return jnp.full((x.shape[0],), t, x.dtype)
 
 
+def _at_scalar(fn: Callable, t: Array):
+  """fn applied to a scalar time as to a batch of one; every output back to a scalar."""
+  return jax.tree.map(lambda v: v[0], fn(jnp.reshape(jnp.asarray(t), (1,))))
+
+
 def coeffs(sde: sde_lib.SDE, t: Array) -> tuple[Array, Array]:
   """(alpha_t, sigma_t) at a scalar time t."""
-  alpha, sigma = sde.marginal_coeffs(jnp.reshape(t, (1,)))
-  return alpha[0], sigma[0]
+  return _at_scalar(sde.marginal_coeffs, t)
+
+
+def transition(sde: sde_lib.SDE, t: Array, s: Array) -> tuple[Array, Array]:
+  """(a, b) of the forward kernel x_t = a x_s + b z between scalar times s < t (`SDE.transition`)."""
+  return sde_lib.kernel_coeffs(coeffs(sde, t), coeffs(sde, s))
+
+
+def log_snr(sde: sde_lib.SDE, t: Array) -> Array:
+  """lambda_t = log(alpha_t / sigma_t) at a scalar time t (`SDE.marginal_lambda`)."""
+  return _at_scalar(sde.marginal_lambda, t)
+
+
+def time_of_log_snr(sde: sde_lib.SDE, lmbda: Array) -> Array:
+  """The scalar time t with lambda_t = lmbda (`SDE.inverse_lambda`)."""
+  return _at_scalar(sde.inverse_lambda, lmbda)
 
 
 def data_prediction(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t: Array) -> Array:
-  """Tweedie's formula x0 = (x + sigma_t^2 s(x, t)) / alpha_t (THEORY.md §4) at a scalar time t."""
+  """Tweedie's x0 = (x + sigma_t^2 s(x, t)) / alpha_t (`discrete.tweedie_x0`) at a scalar time t."""
   alpha, sigma = coeffs(sde, t)
-  return (x + sigma**2 * score_fn(x, batch_times(t, x))) / alpha
+  return discrete.tweedie_x0(x, score_fn(x, batch_times(t, x)), alpha, sigma)
 
 
 def noise_prediction(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t: Array) -> Array:
@@ -35,24 +56,8 @@ def noise_prediction(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t: Array) ->
   return -sigma * score_fn(x, batch_times(t, x))
 
 
-def transition_coeffs(sde: sde_lib.SDE, t: Array, s: Array) -> tuple[Array, Array]:
-  """(a, b) of the forward kernel x_t = a x_s + b z from time s to t > s: a = alpha_t / alpha_s,
-
-  b^2 = sigma_t^2 - a^2 sigma_s^2 (exact for any linear SDE; the DDPM beta_i / SMLD sigma_i^2 -
-  sigma_{i-1}^2 on the discrete grids).
-  """
-  alpha_t, sigma_t = coeffs(sde, t)
-  alpha_s, sigma_s = coeffs(sde, s)
-  a = alpha_t / alpha_s
-  return a, jnp.sqrt(jnp.maximum(sigma_t**2 - (a * sigma_s) ** 2, 0.0))
-
-
-def _lambda(sde: sde_lib.SDE, t: float) -> Array:
-  return sde.marginal_lambda(jnp.asarray([t], jnp.float32))[0]
-
-
 def _logsnr_time(sde: sde_lib.SDE, u: Array, eps: float) -> Array:
-  lam_T, lam_eps = _lambda(sde, sde.T), _lambda(sde, eps)
+  lam_T, lam_eps = log_snr(sde, sde.T), log_snr(sde, eps)
   return sde.inverse_lambda(lam_T + u * (lam_eps - lam_T))
 
 
@@ -93,10 +98,29 @@ def time_grid(sde: sde_lib.SDE, num_steps: int, eps: float, skip_type: str = "ti
   return grid_time(sde, jnp.linspace(0.0, 1.0, num_steps + 1), eps, skip_type)
 
 
-def fixed_steps(step: Callable, carry, num_steps):
-  """carry <- step(i, carry, u_i, u_{i+1}) for i < num_steps, u_i = i / num_steps; num_steps may be traced."""
+def report(progress: Progress | None, steps_done: Array, steps_total: Array) -> None:
+  """Calls progress(steps_done, steps_total) with Python ints on the host, from inside a jitted loop.
+
+  Unordered (jax.debug.callback): calls may arrive out of order, so a display should keep the
+  largest steps_done it has seen.
+  """
+  if progress is not None:
+    jax.debug.callback(lambda done, total: progress(int(done), int(total)), steps_done, steps_total)
+
+
+def fixed_steps(step: Callable, carry, num_steps, progress: Progress | None = None):
+  """carry <- step(i, carry, u_i, u_{i+1}) for i < num_steps, u_i = i / num_steps; num_steps may be traced.
+
+  Reports progress(i + 1, num_steps) after each step.
+  """
   num = jnp.asarray(num_steps, jnp.float32)
-  return jax.lax.fori_loop(0, num_steps, lambda i, c: step(i, c, i / num, (i + 1) / num), carry)
+
+  def body(i, carry):
+    carry = step(i, carry, i / num, (i + 1) / num)
+    report(progress, i + 1, num_steps)
+    return carry
+
+  return jax.lax.fori_loop(0, num_steps, body, carry)
 
 
 def finish(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, eps: float, denoise: bool) -> tuple[Array, int]:
