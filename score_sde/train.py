@@ -12,6 +12,7 @@ current layout, so a run may also resume with another training.fsdp_size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -28,7 +29,7 @@ import tensorboardX
 import tqdm
 from jax.sharding import Mesh
 
-from score_sde import checkpoint, datasets, evaluate, losses, models, parallel
+from score_sde import checkpoint, datasets, evaluate, losses, models, parallel, vdm
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -112,6 +113,13 @@ def init_state(config: ml_collections.ConfigDict, setup: Setup) -> TrainState:
   return jax.jit(_create_state_fn(config, setup), out_shardings=state_sharding(config, setup))(setup.keys.init)
 
 
+# training.objective -> (config, score-matching options) -> get_step_fn(sde, model, optimizer, *, train).
+OBJECTIVES = {
+    "dsm": lambda config, common: functools.partial(losses.get_step_fn, **common),
+    "vdm": lambda config, common: functools.partial(vdm.get_step_fn, **vdm.options_from_config(config)),
+}
+
+
 def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
   """Jitted, sharded (train_step, eval_step): (state, batch, rng) -> (state, metrics).
 
@@ -125,8 +133,11 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
                 cond_drop_prob=t.cond_drop_prob)
   shardings = dict(in_shardings=(layout, parallel.batch_sharding(setup.mesh), replicated),
                    out_shardings=(layout, replicated))
-  train_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=True, **common)
-  eval_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=False, **common)
+  if t.objective not in OBJECTIVES:
+    raise ValueError(f"unknown training.objective {t.objective!r}; choose from {sorted(OBJECTIVES)}")
+  get_step_fn = OBJECTIVES[t.objective](config, common)
+  train_step = get_step_fn(setup.sde, setup.model, setup.optimizer, train=True)
+  eval_step = get_step_fn(setup.sde, setup.model, setup.optimizer, train=False)
   return jax.jit(train_step, donate_argnums=0, **shardings), jax.jit(eval_step, **shardings)
 
 
