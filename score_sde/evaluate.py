@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
-from score_sde import checkpoint, datasets, likelihood, losses, models, parallel, sampling, testing
+from score_sde import checkpoint, datasets, likelihood, losses, models, parallel, sampling, schedules, testing
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -56,8 +56,9 @@ def get_sample_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn
 
   @jax.jit
   def sample_fn(rng: Array, params) -> tuple[Array, Array]:
-    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    x, nfe = sampling.sample(rng, score_fn, sde, shape, method=config.sampling.method, **options)
+    bound = schedules.bind(sde, params)  # a learned noise schedule reads its parameters from params
+    score_fn = models.get_score_fn(bound, model, params, train=False, continuous=config.training.continuous)
+    x, nfe = sampling.sample(rng, score_fn, bound, shape, method=config.sampling.method, **options)
     return inverse_scaler(x), nfe
 
   return sample_fn
@@ -70,8 +71,9 @@ def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.M
 
   @jax.jit
   def logp_fn(rng: Array, params, x: Array) -> tuple[Array, Array]:
-    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    return likelihood.log_likelihood(rng, score_fn, sde, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
+    bound = schedules.bind(sde, params)
+    score_fn = models.get_score_fn(bound, model, params, train=False, continuous=config.training.continuous)
+    return likelihood.log_likelihood(rng, score_fn, bound, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
                                      eps=config.training.eps)
 
   return logp_fn

@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from score_sde import checkpoint, controllable, datasets, evaluate, launch, models, parallel, sampling, train  # noqa: E402
+from score_sde import (checkpoint, controllable, datasets, evaluate, launch, models, parallel, sampling,  # noqa: E402
+                       schedules, train)
 from score_sde import sde as sde_lib  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "training directory holding checkpoints/ and checkpoints-meta/")
@@ -92,12 +93,13 @@ def score_fn_factory(config, sde, model, labels, classifier):
   continuous = config.training.continuous
 
   def make_score_fn(params, classifier_params):
+    sde_p = schedules.bind(sde, params)  # a learned noise schedule reads its parameters from params
     if labels is None:
-      return models.get_score_fn(sde, model, params, continuous=continuous)
+      return models.get_score_fn(sde_p, model, params, continuous=continuous)
     if classifier is None:
-      return controllable.classifier_free_model_score_fn(sde, model, params, labels, FLAGS.guidance_scale,
+      return controllable.classifier_free_model_score_fn(sde_p, model, params, labels, FLAGS.guidance_scale,
                                                          continuous=continuous)
-    score_fn = models.get_score_fn(sde, model, params, continuous=continuous)
+    score_fn = models.get_score_fn(sde_p, model, params, continuous=continuous)
     log_probs_fn = controllable.classifier_log_probs_fn(classifier, classifier_params)
     return controllable.classifier_guided_score_fn(score_fn, log_probs_fn, labels, FLAGS.guidance_scale)
 
@@ -132,10 +134,11 @@ def get_draw_fn(config, sde, method: str, shape, make_score_fn, mesh):
 
   def draw(key, params, classifier_params, images):
     score_fn = make_score_fn(params, classifier_params)
+    bound = schedules.bind(sde, params)
     if images is None:
-      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
+      x, nfe = sampling.sample(key, score_fn, bound, shape, method=method, **options)
     else:
-      x, nfe = controllable.sample_conditional(key, score_fn, sde, shape, observe(scaler(images)),
+      x, nfe = controllable.sample_conditional(key, score_fn, bound, shape, observe(scaler(images)),
                                                method=method, **options)
     return inverse_scaler(x), nfe
 
