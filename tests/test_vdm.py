@@ -1,4 +1,7 @@
 """The VDM bound on the Gaussian-mixture oracle with the exact denoiser, and its variance-minimising schedule gradient."""
+import json
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,9 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from score_sde import schedules, testing, vdm
+from score_sde import configs_util, datasets, models, schedules, testing, train, vdm
 from score_sde.models import scheduled
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 GAMMA_MIN, GAMMA_MAX = -10.0, 0.0  # gamma(1) = 0 leaves a clear gap (~0.4 nats) to log p, so that test can fail
 NUM_POINTS, REPEATS = 512, 64  # x fixed, (t, eps) drawn REPEATS times per point
 
@@ -125,3 +129,42 @@ def test_learning_the_schedule_lowers_the_loss_variance_and_keeps_its_mean():
   assert after.var() < 0.7 * before.var(), (before.var(), after.var())
   paired = after - before
   assert abs(paired.mean()) < 4 * paired.std() / np.sqrt(len(paired)) + 2e-3, (before.mean(), after.mean())
+
+
+def _tiny_vdm_digits(**training):
+  """VDM with a learned schedule and Fourier features on the 8x8 digits: compiles in seconds."""
+  config = configs_util.load_config(ROOT / "configs/digits/vp_unet.py", [
+      "--config.training.sde=vdm", "--config.training.objective=vdm", "--config.data.uniform_dequantization=False",
+      "--config.model.fourier_features=True", "--config.model.schedule_features=16", "--config.model.nf=8",
+      "--config.training.batch_size=16", "--config.training.log_freq=2", "--config.training.eval_freq=4",
+      "--config.training.snapshot_freq=1000", "--config.training.snapshot_freq_for_preemption=3",
+      "--config.training.snapshot_sampling=True", "--config.training.snapshot_num_samples=4",
+      "--config.sampling.method=dpm_solver", "--config.sampling.num_steps=2", "--config.eval.enable_bpd=False",
+      "--config.optim.warmup=0"])
+  config.training.update(training)
+  return config
+
+
+@pytest.mark.slow  # three runs, each compiling a U-Net train step, eval step and sampler: minutes on 2 cores
+def test_vdm_training_learns_the_schedule_snapshots_samples_and_resumes_exactly(tmp_path):
+  straight = train.train_and_evaluate(_tiny_vdm_digits(n_iters=6), tmp_path / "straight", progress=False)
+  train.train_and_evaluate(_tiny_vdm_digits(n_iters=3), tmp_path / "resumed", progress=False)
+  resumed = train.train_and_evaluate(_tiny_vdm_digits(n_iters=6), tmp_path / "resumed", progress=False)
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  config = _tiny_vdm_digits()
+  initial = models.init_params(train.build(config).keys.init, models.get_model(config), datasets.data_shape(config))
+  for name in ("gamma_0", "range", "l2"):  # end points and shape both trained
+    moved = [np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in
+             zip(jax.tree.leaves(straight.params["schedule"][name]), jax.tree.leaves(initial["schedule"][name]))]
+    assert max(moved) > 0, name
+  records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+  assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+  assert (tmp_path / "straight" / "samples" / "step_6.png").exists()
+
+
+def test_vdm_objective_refuses_dequantized_data():
+  config = _tiny_vdm_digits()
+  config.data.uniform_dequantization = True
+  with pytest.raises(ValueError, match="uniform_dequantization=False"):
+    train.get_step_fns(config, train.build(config))
