@@ -207,6 +207,9 @@ class VDMLoss:
     self.sde, self.model, self.train, self.grid = sde, model, train, grid
     self.t0, self.num_steps, self.low_discrepancy = t0, num_steps, low_discrepancy
     self.learned = isinstance(sde, schedules.ScheduleSDE) and isinstance(sde.schedule, schedules.Learned)
+    if self.learned and num_steps and schedule_grad == "variance":
+      raise ValueError(f"vdm.schedule_grad='variance' needs the continuous bound (vdm.num_steps=0, got {num_steps}): "
+                       "with discrete steps the schedule's shape changes the bound itself; use 'elbo'")
     self._mean = self._mean_loss
     if self.learned and schedule_grad == "variance":
       self._mean = jax.custom_vjp(self._mean_loss)

@@ -168,3 +168,25 @@ def test_vdm_objective_refuses_dequantized_data():
   config.data.uniform_dequantization = True
   with pytest.raises(ValueError, match="uniform_dequantization=False"):
     train.get_step_fns(config, train.build(config))
+
+
+def test_variance_gradient_is_refused_for_the_discrete_bound():
+  module = schedules.MonotoneGamma(GAMMA_MIN, GAMMA_MAX, features=4)
+  sde = schedules.ScheduleSDE(schedules.Learned(module))
+  with pytest.raises(ValueError, match="num_steps=0"):
+    vdm.VDMLoss(sde, ExactDenoiser(testing.two_dim_mixture()), train=False, grid=None, num_steps=10)
+
+
+def test_reconstruction_term_is_the_discrete_likelihood_of_8_bit_values():
+  # At high SNR the decoder puts almost all mass on the pixel value; at zero SNR it is uniform over the 256 values.
+  grid = vdm.pixel_grid(lambda u: 2.0 * u - 1.0)
+  x = grid[jnp.array([[0, 17, 255]])]
+  sharp = vdm.reconstruction_nll(x, x, jnp.ones(()), jnp.asarray(20.0), grid)
+  flat = vdm.reconstruction_nll(x, x, jnp.ones(()), jnp.asarray(-30.0), grid)
+  np.testing.assert_allclose(sharp, 0.0, atol=1e-4)
+  np.testing.assert_allclose(flat, 3 * np.log(256.0), rtol=1e-4)
+
+
+def test_fourier_features_are_vdm_base_2_sines_and_cosines():
+  x = jnp.array([[[[0.25 / 64.0]]]])
+  np.testing.assert_allclose(scheduled.fourier_features(x)[0, 0, 0], [1.0, 0.0, 0.0, -1.0], atol=1e-6)
