@@ -210,8 +210,8 @@ class ScheduleSDE(sde_lib.SDE):
 
   @property
   def prior_std(self) -> float:
-    if self.schedule.kind == "ve":
-      return float(self.coeffs_of_log_snr(self.log_snr(jnp.asarray(self.T)))[1])
+    if self.schedule.kind == "ve":  # sigma_T = e^{-lambda(T)/2}, in numpy so that it is a constant inside jit too
+      return float(np.exp(-0.5 * self.schedule.log_snr(np.float64(self.T))))
     return 1.0
 
   def marginal_coeffs(self, t):
