@@ -266,8 +266,12 @@ def schedule_of(sde: sde_lib.SDE):
   return builders[type(sde)](sde)
 
 
+def learned_schedule_module(model_config) -> MonotoneGamma:
+  """The learned schedule's network of config.model (gamma_min, gamma_max, schedule_features)."""
+  return MonotoneGamma(gamma_min=model_config.gamma_min, gamma_max=model_config.gamma_max,
+                       features=model_config.schedule_features)
+
+
 def learned_sde(model_config) -> ScheduleSDE:
-  """The unbound learned-schedule SDE of config.model (gamma_min, gamma_max, schedule_features, num_scales)."""
-  module = MonotoneGamma(gamma_min=model_config.gamma_min, gamma_max=model_config.gamma_max,
-                         features=model_config.schedule_features)
-  return ScheduleSDE(Learned(module), N=model_config.num_scales)
+  """The unbound learned-schedule SDE of config.model (its schedule network and num_scales)."""
+  return ScheduleSDE(Learned(learned_schedule_module(model_config)), N=model_config.num_scales)

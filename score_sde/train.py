@@ -135,6 +135,8 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
                    out_shardings=(layout, replicated))
   if t.objective not in OBJECTIVES:
     raise ValueError(f"unknown training.objective {t.objective!r}; choose from {sorted(OBJECTIVES)}")
+  if t.sde.lower() == "vdm" and t.objective != "vdm":
+    raise ValueError("training.sde='vdm' learns its noise schedule through the VDM bound: set training.objective='vdm'")
   get_step_fn = OBJECTIVES[t.objective](config, common)
   train_step = get_step_fn(setup.sde, setup.model, setup.optimizer, train=True)
   eval_step = get_step_fn(setup.sde, setup.model, setup.optimizer, train=False)

@@ -190,3 +190,10 @@ def test_reconstruction_term_is_the_discrete_likelihood_of_8_bit_values():
 def test_fourier_features_are_vdm_base_2_sines_and_cosines():
   x = jnp.array([[[[0.25 / 64.0]]]])
   np.testing.assert_allclose(scheduled.fourier_features(x)[0, 0, 0], [1.0, 0.0, 0.0, -1.0], atol=1e-6)
+
+
+def test_a_learned_schedule_needs_the_vdm_objective():
+  config = _tiny_vdm_digits()
+  config.training.objective = "dsm"
+  with pytest.raises(ValueError, match="training.objective='vdm'"):
+    train.get_step_fns(config, train.build(config))

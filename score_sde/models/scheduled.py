@@ -51,5 +51,5 @@ def wrap(config: ml_collections.ConfigDict, net: nn.Module) -> nn.Module:
   learned = config.training.sde.lower() == "vdm"
   if not (learned or config.model.fourier_features):
     return net
-  schedule = schedules.learned_sde(config.model).schedule.module if learned else None
+  schedule = schedules.learned_schedule_module(config.model) if learned else None
   return ScheduledNetwork(net=net, schedule=schedule, with_fourier_features=config.model.fourier_features)
