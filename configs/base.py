@@ -11,7 +11,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 42
 
   config.training = training = ml_collections.ConfigDict()
-  training.sde = "vpsde"  # vpsde | subvpsde | vesde
+  training.sde = "vpsde"  # vpsde | subvpsde | vesde | vdm (VP-type with a learned schedule, model.gamma_*)
+  training.objective = "dsm"  # dsm (score matching, the fields below) | vdm (the VDM bound, config.vdm)
   training.batch_size = 128
   training.n_iters = 1300001
   training.snapshot_freq = 50000
@@ -28,6 +29,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   training.snapshot_num_samples = 64  # samples drawn for the PNG grid at each snapshot
   training.eval_batches = 1  # batches averaged for the periodic eval loss
   training.fsdp_size = 1  # devices each parameter is split over (mesh axis 'fsdp'); 1: replicated
+
+  config.vdm = vdm = ml_collections.ConfigDict()  # training.objective = "vdm" (score_sde/vdm.py)
+  vdm.num_steps = 0  # 0: the continuous-time bound; T: the bound of T discrete steps
+  vdm.low_discrepancy = True  # times (u_0 + i / B) mod 1 over the batch instead of i.i.d.
+  vdm.schedule_grad = "variance"  # a learned schedule's shape: minimise the loss variance | "elbo": the loss
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
@@ -68,6 +74,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.num_scales = 1000
   model.beta_min = 0.1
   model.beta_max = 20.0
+  model.gamma_min = -13.3  # training.sde = "vdm": initial end points gamma(0), gamma(1) of the learned schedule
+  model.gamma_max = 5.0
+  model.schedule_features = 1024  # hidden units of the learned schedule's monotone network
+  model.fourier_features = False  # VDM's Fourier features sin/cos(2 pi 2^k x), k = 6, 7, of the network input
   model.dropout = 0.1
   model.ema_rate = 0.9999
   model.embedding_type = "fourier"

@@ -13,7 +13,7 @@ import tqdm
 from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
-from score_sde import checkpoint, configs_util, datasets, likelihood, losses, models, parallel, sampling, testing
+from score_sde import checkpoint, configs_util, datasets, likelihood, losses, models, parallel, sampling, schedules, testing
 from score_sde import sde as sde_lib
 from score_sde.metrics import features as metrics_features
 from score_sde.metrics import quality as metrics_quality
@@ -36,6 +36,15 @@ def restore_run(workdir: str | pathlib.Path, step: int | None = None
   return checkpoint.restore_run(workdir, step, template_fn=state_template)
 
 
+def model_score_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module, params
+                   ) -> tuple[sde_lib.SDE, sde_lib.ScoreFn]:
+  """(the SDE with a learned noise schedule's parameters bound in, the network's score under it), train=False.
+
+  Fixed-schedule SDEs come back unchanged (`schedules.bind`)."""
+  bound = schedules.bind(sde, params)
+  return bound, models.get_score_fn(bound, model, params, train=False, continuous=config.training.continuous)
+
+
 def get_sample_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module, num_samples: int
                   ) -> Callable[[Array, object], tuple[Array, Array]]:
   """Jitted (rng, params) -> (samples in data space, nfe) with the configured sampler.
@@ -48,8 +57,8 @@ def get_sample_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn
 
   @jax.jit
   def sample_fn(rng: Array, params) -> tuple[Array, Array]:
-    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    x, nfe = sampling.sample(rng, score_fn, sde, shape, method=method, **options)
+    bound, score_fn = model_score_fn(config, sde, model, params)
+    x, nfe = sampling.sample(rng, score_fn, bound, shape, method=method, **options)
     return inverse_scaler(x), nfe
 
   return sample_fn
@@ -62,8 +71,8 @@ def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.M
 
   @jax.jit
   def logp_fn(rng: Array, params, x: Array) -> tuple[Array, Array]:
-    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    return likelihood.log_likelihood(rng, score_fn, sde, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
+    bound, score_fn = model_score_fn(config, sde, model, params)
+    return likelihood.log_likelihood(rng, score_fn, bound, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
                                      eps=config.training.eps)
 
   return logp_fn
@@ -219,8 +228,8 @@ def get_sample_feature_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, m
   shape = (num_samples,) + datasets.data_shape(config)
 
   def batch_fn(key, params, feature_params):
-    score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
-    x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, **options)
+    bound, score_fn = model_score_fn(config, sde, model, params)
+    x, nfe = sampling.sample(key, score_fn, bound, shape, method=method, **options)
     images = jax.lax.with_sharding_constraint(as_saved_images(inverse_scaler(x)), parallel.batch_sharding(mesh))
     return (*feature_apply(feature_params, images), nfe)
 

@@ -290,7 +290,14 @@ SDE_BUILDERS = {
     "vpsde": lambda m: VPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
     "subvpsde": lambda m: subVPSDE(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales),
     "vesde": lambda m: VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales),
+    "vdm": lambda m: _learned_schedule_sde(m),
 }
+
+
+def _learned_schedule_sde(model_config) -> SDE:
+  """VP-type SDE of a learned noise schedule (score_sde/schedules.py, which builds on this module)."""
+  from score_sde import schedules  # pylint: disable=import-outside-toplevel
+  return schedules.learned_sde(model_config)
 
 
 def get_sde(config) -> SDE:

@@ -72,6 +72,10 @@ class GaussianMixture:
     score = -jnp.sum((resp / var)[..., None] * diff, axis=1)
     return score.reshape(x.shape)
 
+  def score_at(self, x: Array, alpha: Array, sigma: Array) -> Array:
+    """The score of the mixture encoded by N(alpha x_0, sigma^2 I) for per-sample alpha, sigma [B] (no SDE needed)."""
+    return self.score(x, _Coefficients(alpha, sigma), jnp.zeros_like(alpha))
+
   def score_fn(self, sde: sde_lib.SDE):
     """The exact score function (x, t) -> grad log p_t(x) of this mixture diffused by `sde`."""
     return lambda x, t: self.score(x, sde, t)
@@ -92,6 +96,18 @@ class GaussianMixture:
       mean, std = sde.marginal_prob(x, t)
       x = mean + std[:, None] * jax.random.normal(mean_rng, x.shape, dtype)
     return x.reshape((num,) + self.shape), labels
+
+
+@dataclasses.dataclass(frozen=True)
+class _Coefficients:
+  """Stands in for an SDE whose marginal coefficients at the asked times are the given (alpha, sigma)."""
+
+  alpha: Array
+  sigma: Array
+
+  def marginal_coeffs(self, t: Array) -> tuple[Array, Array]:
+    del t
+    return self.alpha, self.sigma
 
 
 def two_dim_mixture() -> GaussianMixture:

@@ -17,6 +17,7 @@ A non-finite loss, gradient norm or parameter stops the run before any later che
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import tensorboardX
 import tqdm
 from jax.sharding import Mesh
 
-from score_sde import checkpoint, configs_util, datasets, evaluate, losses, models, parallel
+from score_sde import checkpoint, configs_util, datasets, evaluate, losses, models, parallel, vdm
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -130,6 +131,13 @@ def init_state(config: ml_collections.ConfigDict, setup: Setup) -> TrainState:
   return jax.jit(_create_state_fn(config, setup), out_shardings=state_sharding(config, setup))(setup.keys.init)
 
 
+# training.objective -> (config, score-matching options) -> get_step_fn(sde, model, optimizer, *, train).
+OBJECTIVES = {
+    "dsm": lambda config, common: functools.partial(losses.get_step_fn, **common),
+    "vdm": lambda config, common: functools.partial(vdm.get_step_fn, **vdm.options_from_config(config)),
+}
+
+
 def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
   """Jitted, sharded (train_step, eval_step): (state, batch, rng) -> (state, metrics).
 
@@ -143,8 +151,13 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
                 cond_drop_prob=t.cond_drop_prob)
   shardings = dict(in_shardings=(layout, parallel.batch_sharding(setup.mesh), replicated),
                    out_shardings=(layout, replicated))
-  train_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=True, **common)
-  eval_step = losses.get_step_fn(setup.sde, setup.model, setup.optimizer, train=False, **common)
+  if t.objective not in OBJECTIVES:
+    raise ValueError(f"unknown training.objective {t.objective!r}; choose from {sorted(OBJECTIVES)}")
+  if t.sde.lower() == "vdm" and t.objective != "vdm":
+    raise ValueError("training.sde='vdm' learns its noise schedule through the VDM bound: set training.objective='vdm'")
+  get_step_fn = OBJECTIVES[t.objective](config, common)
+  train_step = get_step_fn(setup.sde, setup.model, setup.optimizer, train=True)
+  eval_step = get_step_fn(setup.sde, setup.model, setup.optimizer, train=False)
   return jax.jit(train_step, donate_argnums=0, **shardings), jax.jit(eval_step, **shardings)
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import base
-from score_sde import configs_util, datasets, models
+from score_sde import configs_util, datasets, models, schedules
 from score_sde import sde as sde_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,7 +23,8 @@ def test_leaf_config_builds_its_sde_and_network(leaf):
   config = configs_util.load_config(ROOT / leaf)
   assert config.is_locked
   sde_name = pathlib.Path(leaf).stem.split("_")[0]
-  expected_sde = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE}[sde_name]
+  expected_sde = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE,
+                  "vdm": schedules.ScheduleSDE}[sde_name]
   assert type(sde_lib.get_sde(config)) is expected_sde  # pylint: disable=unidiomatic-typecheck
   model = models.get_model(config)
   shape = (2,) + datasets.data_shape(config)

@@ -6,7 +6,9 @@ examples of the split (--num_examples replaces it; 0: all), with a bar showing b
 bits/dim and score evaluations (NFE).
 The exact likelihood comes from the probability-flow ODE (likelihood.log_likelihood, Hutchinson
 divergence, tolerances config.eval.rtol/atol); --elbo also reports the DDPM variational bound
-(likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model; --noode --elbo
+(likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model, or for a
+training.objective="vdm" run the model's own VDM bound (score_sde/vdm.py; --elbo_timesteps draws of
+(t, eps), vdm.num_steps; the ODE then runs on dequantized data); --noode --elbo
 computes the bound alone (K network evaluations per example instead of an ODE solve). With
 data.uniform_dequantization each repeat draws new dequantization noise and new probes. Each batch
 is split over all devices of all processes; the noise and probes of batch k depend only on
@@ -20,11 +22,12 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import flags
 
-from score_sde import datasets, evaluate, launch, likelihood, models, parallel, train
+from score_sde import datasets, evaluate, launch, likelihood, models, parallel, schedules, train, vdm
 from score_sde import sde as sde_lib
 from score_sde.cli import common
 
@@ -58,11 +61,40 @@ def get_elbo_fn(config, sde, model):
   return elbo_fn
 
 
+def get_vdm_elbo_fn(config, sde, model):
+  """Jitted (rng, params, x in [0, 1]) -> the VDM bound on log P(8-bit x) as a model-space log-density [B].
+
+  That density spreads P over each pixel's bin (width scale / 256 in model space), log P - D log(scale / 256),
+  so `likelihood.bits_per_dim` turns it into -log2 P / D. The 8-bit values are floor(256 x) of
+  dequantized data, round(255 x) otherwise; --elbo_timesteps draws of (t, eps) per example.
+  """
+  scaler = datasets.get_data_scaler(config)
+  grid = vdm.pixel_grid(scaler)
+  bin_width = float(scaler(jnp.ones(())) - scaler(jnp.zeros(()))) / 256.0
+  dequantized = config.data.uniform_dequantization
+
+  @jax.jit
+  def elbo_fn(rng, params, x):
+    pixels = jnp.floor(x * 256.0) if dequantized else jnp.round(x * 255.0)
+    bound = schedules.bind(sde, params)
+    score_fn = models.get_score_fn(bound, model, params, train=False)
+    bpd = vdm.elbo_bpd(rng, score_fn, bound, scaler(pixels / 255.0), grid=grid, t0=config.training.eps,
+                       num_steps=config.vdm.num_steps, num_samples=FLAGS.elbo_timesteps or 1)
+    dim = np.prod(x.shape[1:])
+    return -bpd * dim * np.log(2.0) - dim * np.log(bin_width)
+
+  return elbo_fn
+
+
+# training.objective -> the variational bound that --elbo reports: DDPM's for score models, the model's own for VDM.
+ELBO_FNS = {"dsm": get_elbo_fn, "vdm": get_vdm_elbo_fn}
+
+
 def get_batch_fn(config, sde, model):
   """(rng, params, x in [0, 1]) -> ({"ode": log p in nats [B] with --ode, "elbo": the DDPM ELBO [B] with --elbo},
   score evaluations of the ODE solve)."""
   logp_fn = evaluate.get_logp_fn(config, sde, model) if FLAGS.ode else None
-  elbo_fn = get_elbo_fn(config, sde, model) if FLAGS.elbo else None
+  elbo_fn = ELBO_FNS[config.training.objective](config, sde, model) if FLAGS.elbo else None
 
   def batch_fn(rng, params, x):
     bounds, nfe = {}, 0
@@ -117,6 +149,9 @@ def main(argv):
   config, state, step = evaluate.restore_run(common.existing_workdir(FLAGS.workdir), FLAGS.step)
   params = train.evaluation_params(state, FLAGS.use_ema)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
+  if config.training.objective == "vdm" and FLAGS.ode:  # the ODE density needs dequantized data; the bound recovers 8 bits
+    config.unlock()
+    config.data.uniform_dequantization = True
   batch_size = FLAGS.batch_size or config.eval.batch_size
   num_examples = config.eval.bpd_num_examples if FLAGS.num_examples is None else FLAGS.num_examples
   mesh = parallel.get_mesh()
@@ -128,8 +163,9 @@ def main(argv):
   if FLAGS.ode:
     result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol)
   if FLAGS.elbo:
-    result["ddpm_elbo_bpd"] = {**_summary(bpd["elbo"]), "num_steps": FLAGS.elbo_steps,
-                               "num_timesteps": FLAGS.elbo_timesteps}
+    steps = config.vdm.num_steps if config.training.objective == "vdm" else FLAGS.elbo_steps
+    name = {"dsm": "ddpm_elbo_bpd", "vdm": "vdm_elbo_bpd"}[config.training.objective]
+    result[name] = {**_summary(bpd["elbo"]), "num_steps": steps, "num_timesteps": FLAGS.elbo_timesteps}
   if parallel.is_main_process():
     subset = f"_first{num_examples}" if num_examples else ""
     out = pathlib.Path(FLAGS.workdir) / "eval" / f"bpd_{FLAGS.split}_{step}{subset}"

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from score_sde import configs_util, controllable, datasets, evaluate, launch, models, parallel, sampling, train
+from score_sde import (configs_util, controllable, datasets, evaluate, launch, models, parallel, sampling, schedules,
+                       train)
 from score_sde import sde as sde_lib
 from score_sde.cli import common
 from score_sde.sampling.progress import StepBar
@@ -75,15 +76,15 @@ def restore(workdir: str, step: int | None, flag: str = "--workdir"):
   return config, models.get_model(config), train.evaluation_params(state, FLAGS.use_ema), step
 
 
-def score_fn_factory(config, sde, model, labels, classifier):
-  """(params, classifier_params) -> the score to sample: unguided, classifier-free or classifier guided.
+def score_fn_factory(config, model, labels, classifier):
+  """(sde, params, classifier_params) -> the score to sample: unguided, classifier-free or classifier guided.
 
   `labels` [B] (None: unguided) are the --class_label of every sample; `classifier` is the network of
   --classifier_workdir (None: classifier-free guidance of a class-conditional model).
   """
   continuous = config.training.continuous
 
-  def make_score_fn(params, classifier_params):
+  def make_score_fn(sde, params, classifier_params):
     if labels is None:
       return models.get_score_fn(sde, model, params, continuous=continuous)
     if classifier is None:
@@ -120,11 +121,12 @@ def get_draw_fn(config, sde, method: str, options: dict, shape, make_score_fn, m
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
 
   def draw(key, params, classifier_params, images):
-    score_fn = make_score_fn(params, classifier_params)
+    bound = schedules.bind(sde, params)  # a learned noise schedule reads its parameters from params
+    score_fn = make_score_fn(bound, params, classifier_params)
     if images is None:
-      x, nfe = sampling.sample(key, score_fn, sde, shape, method=method, progress=progress, **options)
+      x, nfe = sampling.sample(key, score_fn, bound, shape, method=method, progress=progress, **options)
     else:
-      x, nfe = sampling.sample_inverse(key, score_fn, sde, shape, observe(scaler(images)), method=method,
+      x, nfe = sampling.sample_inverse(key, score_fn, bound, shape, observe(scaler(images)), method=method,
                                        progress=progress, **options)
     return inverse_scaler(x), nfe
 
@@ -194,7 +196,7 @@ def main(argv):
   method, options = check_flags(config, batch, mesh)
   labels = None if FLAGS.class_label is None else np.full(batch, FLAGS.class_label, np.int32)
   classifier, classifier_params = restore_classifier()
-  make_score_fn = score_fn_factory(config, sde, model, labels, classifier)
+  make_score_fn = score_fn_factory(config, model, labels, classifier)
   num_batches = -(-FLAGS.num // batch)
   bar = StepBar(num_batches, desc=f"sampling ({method}, {num_batches} batches)",
                 disable=not parallel.is_main_process())

@@ -6,6 +6,8 @@ from typing import Callable
 import flax.linen as nn
 import ml_collections
 
+from score_sde.models import scheduled
+
 ModelBuilder = Callable[[ml_collections.ConfigDict], nn.Module]
 
 _MODELS: dict[str, ModelBuilder] = {}
@@ -31,9 +33,10 @@ def get_model(config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the network named by `config.model.name`.
 
   Every registered module is called as `module.apply({'params': p}, x, noise_labels, train=...)`
-  (plus `rngs={'dropout': key}` when training) and returns an array shaped like x.
+  (plus `rngs={'dropout': key}` when training) and returns an array shaped like x. A learned noise
+  schedule or Fourier features wrap it in `scheduled.ScheduledNetwork`.
   """
   name = config.model.name
   if name not in _MODELS:
     raise ValueError(f"unknown model.name {name!r}; registered models: {available_models()}")
-  return _MODELS[name](config)
+  return scheduled.wrap(config, _MODELS[name](config))

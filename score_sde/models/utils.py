@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_sde import discrete
+from score_sde import discrete, schedules
 from score_sde import sde as sde_lib
 
 Array = jax.Array
@@ -67,7 +67,15 @@ def _ve_score(sde: sde_lib.VESDE, model_fn, x: Array, t: Array, continuous: bool
   return model_fn(x, labels)
 
 
-_SCORE_PARAMETRIZATIONS = {sde_lib.VPSDE: _vp_score, sde_lib.VESDE: _ve_score}
+def _schedule_score(sde: schedules.ScheduleSDE, model_fn, x: Array, t: Array, continuous: bool) -> Array:
+  """Noise prediction on a schedule's SDE: score = -eps(x, label) / sigma_t, label = sde.noise_labels(t, lambda_t)."""
+  del continuous  # a schedule's SDE is continuous-time only
+  log_snr = sde.log_snr(t)
+  _, sigma = sde.coeffs_of_log_snr(log_snr)
+  return -model_fn(x, sde.noise_labels(t, log_snr)) / sde_lib.batch_broadcast(sigma, x)
+
+
+_SCORE_PARAMETRIZATIONS = {sde_lib.VPSDE: _vp_score, sde_lib.VESDE: _ve_score, schedules.ScheduleSDE: _schedule_score}
 
 
 def score_from_model_fn(sde: sde_lib.SDE, model_fn, *, continuous: bool = True) -> Callable[[Array, Array], Array]:
