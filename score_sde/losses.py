@@ -162,15 +162,21 @@ def get_step_fn(sde: sde_lib.SDE, model: nn.Module, optimizer: optax.GradientTra
                 reduce_mean: bool = False, continuous: bool = True, likelihood_weighting: bool = False,
                 importance_weighting: bool = False, eps: float = 1e-5, ema_rate: float = 0.999,
                 cond_drop_prob: float = 0.0):
-  """A pure step(state, batch, rng) -> (state, metrics), ready for jax.jit and sharding.
-
-  Training: one optimizer update on the DSM loss, then EMA
-  ema <- ema_rate ema + (1 - ema_rate) params. Evaluation: the loss of the EMA parameters (with the
-  true class labels: labels are dropped in training only).
-  """
+  """A pure step(state, batch, rng) -> (state, metrics) on the DSM loss (`step_fn_of_loss`)."""
   loss_fn = get_loss_fn(sde, model, train=train, reduce_mean=reduce_mean, continuous=continuous,
                         likelihood_weighting=likelihood_weighting, importance_weighting=importance_weighting, eps=eps,
                         cond_drop_prob=cond_drop_prob)
+  return step_fn_of_loss(loss_fn, optimizer, train=train, ema_rate=ema_rate)
+
+
+def step_fn_of_loss(loss_fn: Callable, optimizer: optax.GradientTransformation, *, train: bool,
+                    ema_rate: float = 0.999):
+  """A pure step(state, batch, rng) -> (state, metrics) of `loss_fn(params, rng, batch)`, ready for jax.jit.
+
+  Training: one optimizer update on the loss, then EMA ema <- ema_rate ema + (1 - ema_rate) params.
+  Evaluation: the loss of the EMA parameters (with the true class labels: labels are dropped in
+  training only).
+  """
 
   def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
     loss, grads = jax.value_and_grad(loss_fn)(state.params, rng, batch)

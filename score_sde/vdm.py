@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_sde import datasets, models, schedules
+from score_sde import datasets, losses, models, schedules
 from score_sde import sde as sde_lib
-from score_sde.train_state import TrainState
 
 Array = jax.Array
 # eps_hat(z_t, t, lambda_t) -> like z_t.
@@ -278,20 +277,8 @@ class VDMLoss:
 def get_step_fn(sde: sde_lib.SDE, model: nn.Module, optimizer: optax.GradientTransformation, *, train: bool,
                 ema_rate: float, **loss_options):
   """step(state, batch, rng) -> (state, metrics) minimising the VDM loss (bits/dim); as losses.get_step_fn."""
-  loss_fn = VDMLoss(sde, model, train=train, **loss_options)
-
-  def train_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, rng, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_rate)
-    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-
-  def eval_step(state: TrainState, batch: dict, rng: Array) -> tuple[TrainState, dict]:
-    return state, {"loss": loss_fn(state.ema_params, rng, batch)}
-
-  return train_step if train else eval_step
+  return losses.step_fn_of_loss(VDMLoss(sde, model, train=train, **loss_options), optimizer, train=train,
+                                ema_rate=ema_rate)
 
 
 def options_from_config(config) -> dict:

@@ -42,6 +42,17 @@ class GaussianFourierProjection(nn.Module):
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
+def noise_embedding(embedding_type: str, noise_labels: Array, dim: int, fourier_scale: float) -> Array:
+  """[B, dim] embedding of the noise labels of the small networks (mlp, unet): Gaussian Fourier features
+  of log(label) ("fourier", the labels are noise scales) or the sinusoidal embedding ("positional").
+  Call it inside a compact module: "fourier" adds its GaussianFourierProjection there."""
+  if embedding_type == "fourier":
+    return GaussianFourierProjection(dim // 2, fourier_scale)(jnp.log(noise_labels))
+  if embedding_type == "positional":
+    return get_timestep_embedding(noise_labels, dim)
+  raise ValueError(f"unknown model.embedding_type {embedding_type!r}; use 'positional' or 'fourier'")
+
+
 # Building blocks of the U-Nets (DDPM, NCSN++/DDPM++). Images are NHWC; `temb` is [B, D].
 
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:

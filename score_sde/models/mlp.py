@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from score_sde.models import layers
 from score_sde.models.registry import register_model
@@ -26,12 +25,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, noise_labels: Array, train: bool = False) -> Array:
-    if self.embedding_type == "fourier":
-      temb = layers.GaussianFourierProjection(self.hidden // 2, self.fourier_scale)(jnp.log(noise_labels))
-    elif self.embedding_type == "positional":
-      temb = layers.get_timestep_embedding(noise_labels, self.hidden)
-    else:
-      raise ValueError(f"unknown model.embedding_type {self.embedding_type!r}; use 'positional' or 'fourier'")
+    temb = layers.noise_embedding(self.embedding_type, noise_labels, self.hidden, self.fourier_scale)
     temb = nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(temb)))
     h = nn.Dense(self.hidden)(x)
     for _ in range(self.num_blocks):

@@ -101,12 +101,7 @@ class UNet(nn.Module):
   def _time_embedding(self, noise_labels: Array) -> Array | None:
     if not self.conditional:
       return None
-    if self.embedding_type == "fourier":
-      temb = layers.GaussianFourierProjection(self.nf // 2, self.fourier_scale)(jnp.log(noise_labels))
-    elif self.embedding_type == "positional":
-      temb = layers.get_timestep_embedding(noise_labels, self.nf)
-    else:
-      raise ValueError(f"unknown model.embedding_type {self.embedding_type!r}; use 'positional' or 'fourier'")
+    temb = layers.noise_embedding(self.embedding_type, noise_labels, self.nf, self.fourier_scale)
     return nn.Dense(4 * self.nf)(nn.silu(nn.Dense(4 * self.nf)(temb)))
 
   @nn.compact

@@ -50,7 +50,10 @@ def _vp_score(sde: sde_lib.VPSDE, model_fn, x: Array, t: Array, continuous: bool
     _, std = sde.marginal_coeffs(t)
     return -model_fn(x, t * 999) / sde_lib.batch_broadcast(std, x)
   labels = t * (sde.N - 1)
-  _, std = discrete.DDPMChain.from_sde(sde).marginal_coeffs(labels.astype(jnp.int32) + 1, x.dtype)
+  # Truncate as the reference does, but not below an integer that t (N - 1) misses by float rounding of t
+  # (a few ulps of N - 1: a grid time i / (N - 1) must give chain index i).
+  index = jnp.floor(labels + 4 * jnp.finfo(labels.dtype).eps * (sde.N - 1)).astype(jnp.int32)
+  _, std = discrete.DDPMChain.from_sde(sde).marginal_coeffs(index + 1, x.dtype)
   return -model_fn(x, labels) / sde_lib.batch_broadcast(std, x)
 
 
