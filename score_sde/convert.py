@@ -22,18 +22,24 @@ parameters its reference name (`_flax_names`).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
+import shutil
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from score_sde import checkpoint, datasets, losses, models
 from score_sde.torch_pickle import PthError, load_pth
+from score_sde.train_state import TrainState
 
-__all__ = ["ConversionError", "PthError", "ParamSlot", "convert_flax", "convert_pytorch", "load_checkpoint",
-           "load_msgpack", "load_pth", "parameter_order"]
+__all__ = ["ConversionError", "PthError", "ParamSlot", "convert_flax", "convert_pytorch", "convert_to_workdir",
+           "load_checkpoint", "load_msgpack", "load_pth", "parameter_order"]
 
 BUFFERS = ("sigmas",)  # reference buffers that are not parameters
 # Our parameter names in the reference's registration order within one layer.
@@ -343,3 +349,37 @@ def load_checkpoint(path: str | pathlib.Path, model: nn.Module, x_shape: tuple[i
   if head.startswith(_PTH_MAGIC):
     return convert_pytorch(load_pth(path), model, x_shape)
   return convert_flax(load_msgpack(path), model, x_shape)
+
+
+def convert_to_workdir(source: str | pathlib.Path, config: ml_collections.ConfigDict,
+                       workdir: str | pathlib.Path) -> int:
+  """Converts `source` for `config` and writes `workdir`; returns the step. Writes nothing on failure.
+
+  The snapshot is first written to a sibling temporary directory, which is renamed to `workdir`
+  only when complete.
+  """
+  workdir = pathlib.Path(workdir)
+  if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+    raise FileExistsError(f"--workdir {workdir} exists and is not empty; give a new directory")
+  model = models.get_model(config)
+  params, ema_params, step = load_checkpoint(source, model, datasets.data_shape(config))
+  state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema_params,
+                     opt_state=losses.get_optimizer(config).init(params))
+  meta = {"seed": config.seed, "config": json.loads(config.to_json_best_effort()), "step": step,
+          "converted_from": str(pathlib.Path(source).resolve())}
+  workdir.parent.mkdir(parents=True, exist_ok=True)
+  staging = workdir.parent / f".{workdir.name}.converting-{os.getpid()}"
+  staging.mkdir()
+  try:
+    ckpt = checkpoint.Checkpointer(staging)
+    try:
+      ckpt.save(step, state, meta, snapshot=True)
+    finally:
+      ckpt.close()
+    if workdir.exists():
+      workdir.rmdir()
+    staging.rename(workdir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return step

@@ -12,7 +12,6 @@ import pytest
 
 from score_sde import configs_util, convert, datasets, models
 from score_sde import sde as sde_lib
-from score_sde.cli import convert_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "reference"
@@ -115,16 +114,16 @@ def test_flax_mismatch_names_tensor(tmp_path):
 
 def test_cli_writes_workdir_only_on_success(tmp_path):
   _, config, meta, flags = _case("ncsnpp_cifar10")
-  step = convert_checkpoint.convert_to_workdir(FIXTURES / "ncsnpp_cifar10.pth", config, tmp_path / "run")
+  step = convert.convert_to_workdir(FIXTURES / "ncsnpp_cifar10.pth", config, tmp_path / "run")
   assert step == 7 and (tmp_path / "run" / "checkpoints" / "7").is_dir()
   with pytest.raises(FileExistsError):
-    convert_checkpoint.convert_to_workdir(FIXTURES / "ncsnpp_cifar10.pth", config, tmp_path / "run")
+    convert.convert_to_workdir(FIXTURES / "ncsnpp_cifar10.pth", config, tmp_path / "run")
   truncated = tmp_path / "t.pth"
   truncated.write_bytes((FIXTURES / "ncsnpp_cifar10.pth").read_bytes()[:5000])
   wrong = configs_util.load_config(REPO / meta["our_config"], flags + ["--config.model.num_res_blocks=2"])
   for source, cfg in ((truncated, config), (FIXTURES / "ncsnpp_cifar10.pth", wrong)):
     with pytest.raises(ValueError):
-      convert_checkpoint.convert_to_workdir(source, cfg, tmp_path / "bad")
+      convert.convert_to_workdir(source, cfg, tmp_path / "bad")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "t.pth"]
 
 

@@ -10,21 +10,11 @@ optimizer state for this config, and the config (with any --config.* overrides).
 checkpoints need `--config.model.name=ddpm_score_sde` (score_sde's layout of DDPM).
 Nothing is written unless the whole conversion succeeds; an existing non-empty --workdir is refused.
 """
-from __future__ import annotations
-
-import json
-import os
-import pathlib
-import shutil
-
-import jax.numpy as jnp
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from score_sde import checkpoint, convert, datasets, losses, models
+from score_sde import convert
 from score_sde.cli import common
-from score_sde.train_state import TrainState
 
 config_flags.DEFINE_config_file("config", None, "leaf config the checkpoint was trained with", lock_config=True)
 flags.DEFINE_string("source", None, "released checkpoint file (score_sde checkpoint_<N> or score_sde_pytorch .pth)")
@@ -34,43 +24,9 @@ flags.mark_flags_as_required(["config", "source", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def convert_to_workdir(source: str | pathlib.Path, config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path) -> int:
-  """Converts `source` for `config` and writes `workdir`; returns the step. Writes nothing on failure.
-
-  The snapshot is first written to a sibling temporary directory, which is renamed to `workdir`
-  only when complete.
-  """
-  workdir = pathlib.Path(workdir)
-  if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
-    raise FileExistsError(f"--workdir {workdir} exists and is not empty; give a new directory")
-  model = models.get_model(config)
-  params, ema_params, step = convert.load_checkpoint(source, model, datasets.data_shape(config))
-  state = TrainState(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema_params,
-                     opt_state=losses.get_optimizer(config).init(params))
-  meta = {"seed": config.seed, "config": json.loads(config.to_json_best_effort()), "step": step,
-          "converted_from": str(pathlib.Path(source).resolve())}
-  workdir.parent.mkdir(parents=True, exist_ok=True)
-  staging = workdir.parent / f".{workdir.name}.converting-{os.getpid()}"
-  staging.mkdir()
-  try:
-    ckpt = checkpoint.Checkpointer(staging)
-    try:
-      ckpt.save(step, state, meta, snapshot=True)
-    finally:
-      ckpt.close()
-    if workdir.exists():
-      workdir.rmdir()
-    staging.rename(workdir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  return step
-
-
 def main(argv) -> None:
   del argv
-  step = convert_to_workdir(FLAGS.source, FLAGS.config, FLAGS.workdir)
+  step = convert.convert_to_workdir(FLAGS.source, FLAGS.config, FLAGS.workdir)
   print(f"wrote {FLAGS.workdir}: step {step}, parameters and EMA parameters of {FLAGS.source}")
 
 
