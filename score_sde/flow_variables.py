@@ -36,7 +36,7 @@ TIME_VARIABLES = {
     "log_snr": TimeVariable(lambda lmbda: -lmbda, lambda tau: -tau, jnp.exp),  # tau = log s = -lambda
     "ddim": TimeVariable(lambda lmbda: jnp.exp(-lmbda), lambda tau: -jnp.log(tau), jnp.ones_like),  # tau = s
 }
-VARIABLES = ("time",) + tuple(TIME_VARIABLES) + ("log_snr_x", "ddim_x")
+VARIABLES = ("time",) + tuple(TIME_VARIABLES)
 
 
 def check(variables: str) -> None:
@@ -55,15 +55,11 @@ def endpoint(sde: sde_lib.SDE, variables: str, t: float, dtype=jnp.float32) -> t
   """(tau, alpha) at the time t: the integration bound and the factor with x = alpha y."""
   t = jnp.asarray([t], dtype)
   alpha, _ = sde.marginal_coeffs(t)
-  if variables.endswith("_x"):
-    return TIME_VARIABLES[variables[:-2]].of_lambda(sde.marginal_lambda(t))[0], jnp.ones((), dtype)
   return TIME_VARIABLES[variables].of_lambda(sde.marginal_lambda(t))[0], alpha[0]
 
 
 def vector_field(score_fn: ScoreFn, sde: sde_lib.SDE, variables: str) -> Callable[[Array, Array], Array]:
   """(tau, y) -> dy/dtau = (ds/dtau) eps_hat(alpha_t y, t) with eps_hat = -sigma_t s_theta, t = t(tau)."""
-  if variables.endswith("_x"):
-    return _unscaled_field(score_fn, sde, variables[:-2])
   variable = TIME_VARIABLES[variables]
 
   def field(tau: Array, y: Array) -> Array:
@@ -74,16 +70,3 @@ def vector_field(score_fn: ScoreFn, sde: sde_lib.SDE, variables: str) -> Callabl
 
   return field
 
-
-def _unscaled_field(score_fn, sde, variables):
-  variable = TIME_VARIABLES[variables]
-  scaled = vector_field(score_fn, sde, variables)
-
-  def log_alpha(tau):
-    return jnp.log(_time_and_coeffs(sde, variable, tau)[1][0])
-
-  def field(tau, x):
-    la, dla = jax.jvp(log_alpha, (tau,), (jnp.ones_like(tau),))
-    alpha = jnp.exp(la)
-    return alpha * scaled(tau, x / alpha) + dla * x
-  return field
