@@ -2,6 +2,7 @@
 
 python benchmarks/reference_throughput.py --reference_dir SCORE_SDE_PYTORCH --reference_python PYTHON
     [--cases ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32] [--batch 8] [--rounds 3]
+    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT]
 
 Each side runs in its own worker process (the reference needs PyTorch, which is never a dependency
 of this project: --reference_python is an interpreter of a separate environment with torch, numpy,
@@ -12,6 +13,8 @@ get_step_fn, models.ema; only its CUDA `op` extension is replaced by the file's 
 runs one step per request. The controller alternates the two workers step by step, so both sides
 see the same machine load; it prints the median s/step, images/s, ours/reference speed ratio,
 the first (compiling) step, parameter counts and the load average. Case NAME:NF overrides model.nf.
+With --baseline_root, a third worker runs the training step of another checkout of this project
+(e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios.
 """
 import argparse
 import ast
@@ -46,13 +49,15 @@ def _serve(step, first_step_seconds: float, num_params: int) -> None:
     _send({"seconds": time.perf_counter() - tic})
 
 
-def _ours(name: str, nf: int | None, batch: int) -> None:
+def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, str(ROOT))
+  sys.path.insert(0, str(root))
   from score_sde import configs_util, datasets, train  # pylint: disable=import-outside-toplevel
+  if not pathlib.Path(train.__file__).resolve().is_relative_to(root.resolve()):
+    raise RuntimeError(f"imported {train.__file__}, not the checkout {root}")
   overrides = [f"--config.training.batch_size={batch}"] + ([f"--config.model.nf={nf}"] if nf else [])
-  config = configs_util.load_config(str(ROOT / f"configs/cifar10/{name}.py"), overrides)
+  config = configs_util.load_config(str(root / f"configs/cifar10/{name}.py"), overrides)
   setup = train.build(config, jax.devices()[:1])
   state = train.init_state(config, setup)
   train_step, _ = train.get_step_fns(config, setup)
@@ -165,12 +170,14 @@ def main():
   parser.add_argument("--cases", default="ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--rounds", type=int, default=3, help="timed steps per side, alternating")
+  parser.add_argument("--baseline_root", type=pathlib.Path, help="another checkout of this project to time too")
   parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
+  parser.add_argument("--root", type=pathlib.Path, default=ROOT, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     name, nf = _parse_case(args.cases)
     if args.worker == "ours":
-      _ours(name, nf, args.batch)
+      _ours(name, nf, args.batch, args.root)
     else:
       _reference(name, nf, args.batch, args.reference_dir.resolve())
     return
@@ -182,21 +189,24 @@ def main():
   print(f"training step, batch {args.batch}, CPU: median of {args.rounds} steps per side, alternating; "
         f"load average before: {os.getloadavg()[0]:.2f}")
   print(f"{'case':>26} {'side':>9} {'params':>10} {'1st step s':>10} {'s/step':>7} {'images/s':>8} {'ours/ref':>8}")
-  script = [sys.executable, str(pathlib.Path(__file__).resolve())]
+  script = str(pathlib.Path(__file__).resolve())
   for case in cases:
     common = ["--cases", case, "--batch", str(args.batch)]
-    ours = Worker(script + ["--worker", "ours"] + common)
-    reference = Worker([args.reference_python, str(pathlib.Path(__file__).resolve()), "--worker", "reference",
-                        "--reference_dir", str(args.reference_dir)] + common)
-    times = {"ours": [], "reference": []}
+    commands = {"ours": [sys.executable, script, "--worker", "ours"] + common}
+    if args.baseline_root:
+      commands["baseline"] = commands["ours"] + ["--root", str(args.baseline_root.resolve())]
+    commands["reference"] = [args.reference_python, script, "--worker", "reference",
+                             "--reference_dir", str(args.reference_dir)] + common
+    workers = {side: Worker(command) for side, command in commands.items()}
+    times = {side: [] for side in workers}
     for _ in range(args.rounds):
-      times["ours"].append(ours.step())
-      times["reference"].append(reference.step())
-    ours.close()
-    reference.close()
+      for side, worker in workers.items():
+        times[side].append(worker.step())
+    for worker in workers.values():
+      worker.close()
     medians = {side: statistics.median(seconds) for side, seconds in times.items()}
-    for side, worker in (("ours", ours), ("reference", reference)):
-      ratio = f"{medians['reference'] / medians['ours']:>8.2f}" if side == "ours" else ""
+    for side, worker in workers.items():
+      ratio = f"{medians['reference'] / medians[side]:>8.2f}" if side != "reference" else ""
       print(f"{case:>26} {side:>9} {worker.info['params']:>10,d} {worker.info['compile_s']:>10.1f} "
             f"{medians[side]:>7.3f} {args.batch / medians[side]:>8.2f} {ratio}", flush=True)
   print(f"load average after: {os.getloadavg()[0]:.2f}")
