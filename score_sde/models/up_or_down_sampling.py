@@ -58,6 +58,12 @@ def upfirdn2d(x: Array, kernel: np.ndarray, *, up: int = 1, down: int = 1,
   if factors is not None:
     rows, cols = factors
     return _upfirdn1d(_upfirdn1d(x, rows, 1, up, down, pad), cols, 2, up, down, pad)
+  return upfirdn2d_depthwise(x, kernel, up=up, down=down, pad=pad)
+
+
+def upfirdn2d_depthwise(x: Array, kernel: np.ndarray, *, up: int = 1, down: int = 1,
+                        pad: tuple[int, int] = (0, 0)) -> Array:
+  """`upfirdn2d` for any 2-D kernel as one single-channel convolution of the B*C planes."""
   batch, height, width, channels = x.shape
   kh, kw = kernel.shape
   p0, p1 = pad
