@@ -7,17 +7,26 @@ Prints three tables (ratios of seconds measured side by side in this run, never 
      the oracle, per-sample standard deviation, and seconds relative to one Rademacher probe (the
      divergence integral is error-controlled too, so a noisier estimator takes more steps).
   3. bounds (2-D mixture, exact score): E[log p_eps - bound] for the continuous ELBO and the DDPM ELBO.
-Run: .venv/bin/python benchmarks/likelihood_cost.py
+With --workdir (a trained image run, e.g. of configs/digits/vp_unet.py), instead, on its model:
+  4. bits/dim of --num_examples test images (one Rademacher probe, shared by every solve) for ODE
+     formulations (`flow_variables.VARIABLES`) and rtol = atol: NFE, seconds relative to the old
+     default (variables="time", 1e-4), and the max / mean |error| and the error of the mean bits/dim
+     against a tight solve (variables="time", rtol = atol = 1e-7).
+  5. probability-flow sampling of --num_examples images from the same latents: NFE and the max / RMS
+     pixel error in [0, 1] against a tight decode (rtol = atol = 1e-7).
+Run: .venv/bin/python benchmarks/likelihood_cost.py [--workdir RUN --num_examples 64]
 """
+import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import likelihood
+from score_sde import datasets, evaluate, likelihood, models, train
 from score_sde import sde as sde_lib
 from score_sde import testing
+from score_sde.sampling import ode
 
 EPS = 1e-5
 
@@ -108,7 +117,76 @@ def bounds_table(mixture, num: int = 2048):
       print(f"{name:>7} {label:>28} {gap.mean():>+9.4f} +- {gap.std() / np.sqrt(num):.4f}")
 
 
+TIGHT = 1e-7
+# (variables, rtol = atol) measured on a trained model; ("time", 1e-4) is the digits config's eval default.
+TRAINED_CASES = (("time", 1e-3), ("time", 1e-4), ("time", 1e-5), ("log_snr", 1e-3),
+                 ("ddim", 1e-2), ("ddim", 3e-3), ("ddim", 1e-3), ("ddim", 1e-4))
+
+
+def _trained_model(workdir: str, num_examples: int):
+  """(config, sde, score_fn, first num_examples dequantized test images in [0, 1]) of a trained run."""
+  config, state, step = evaluate.restore_run(workdir)
+  setup = train.build(config)
+  score_fn = models.get_score_fn(setup.sde, setup.model, train.evaluation_params(config, state), train=False,
+                                 continuous=config.training.continuous)
+  images = next(datasets.get_dataset(config, "test", batch_size=num_examples, repeat=False))["image"]
+  print(f"\n{config.model.name} ({config.training.sde}) on {config.data.dataset}, step {step}, {workdir}")
+  return config, setup.sde, score_fn, jnp.asarray(images)
+
+
+def trained_bpd_table(config, sde, score_fn, images):
+  scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
+  x = scaler(images)
+  rng = jax.random.PRNGKey(1)
+
+  def run(variables, tol):
+    logp, nfe = likelihood.log_likelihood(rng, score_fn, sde, x, rtol=tol, atol=tol, eps=config.training.eps,
+                                          variables=variables)
+    return likelihood.bits_per_dim(logp, x.shape[1:], inverse_scaler=inverse_scaler), nfe
+
+  truth, truth_nfe = run("time", TIGHT)
+  truth = np.asarray(truth)
+  print(f"\n4. bits/dim of {x.shape[0]} test images, one Rademacher probe shared by all solves; reference: "
+        f"variables=time, rtol=atol={TIGHT:.0e} ({int(truth_nfe)} NFE, mean {truth.mean():.4f} bits/dim)")
+  print(f"{'variables':>10} {'rtol=atol':>9} {'NFE':>5} {'sec ratio':>9} {'max |err|':>9} {'mean |err|':>10} "
+        f"{'err of mean':>11}")
+  seconds = _seconds([lambda case=case: run(*case)[0] for case in TRAINED_CASES], rounds=1)
+  default = seconds[TRAINED_CASES.index(("time", 1e-4))]
+  for (variables, tol), sec in zip(TRAINED_CASES, seconds):
+    bpd, nfe = run(variables, tol)
+    err = np.asarray(bpd) - truth
+    print(f"{variables:>10} {tol:>9.0e} {int(nfe):>5d} {sec / default:>9.2f} {np.abs(err).max():>9.4f} "
+          f"{np.abs(err).mean():>10.4f} {err.mean():>+11.4f}")
+
+
+def trained_sampling_table(config, sde, score_fn, shape):
+  inverse_scaler = datasets.get_data_inverse_scaler(config)
+  z = sde.prior_sampling(jax.random.PRNGKey(3), shape)
+
+  def run(variables, tol):
+    x, nfe = ode.decode(score_fn, sde, z, rtol=tol, atol=tol, variables=variables)
+    return np.asarray(inverse_scaler(x)), int(nfe)
+
+  truth, truth_nfe = run("time", TIGHT)
+  print(f"\n5. probability-flow sampling (eps = 1e-3) of {shape[0]} images from the same latents; reference: "
+        f"variables=time, rtol=atol={TIGHT:.0e} ({truth_nfe} NFE); pixel errors in [0, 1]")
+  print(f"{'variables':>10} {'rtol=atol':>9} {'NFE':>5} {'max |err|':>9} {'RMS err':>8}")
+  for variables, tol in (("time", 1e-5),) + TRAINED_CASES:
+    x, nfe = run(variables, tol)
+    err = x - truth
+    print(f"{variables:>10} {tol:>9.0e} {nfe:>5d} {np.abs(err).max():>9.4f} {np.sqrt(np.mean(err**2)):>8.4f}")
+
+
 def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", help="a trained image run: measure its model (tables 4-5) instead of the oracle")
+  parser.add_argument("--num_examples", type=int, default=64)
+  args = parser.parse_args()
+  if args.workdir:
+    config, sde, score_fn, images = _trained_model(args.workdir, args.num_examples)
+    trained_bpd_table(config, sde, score_fn, images)
+    trained_sampling_table(config, sde, score_fn, images.shape)
+    return
   sde = sde_lib.VPSDE()
   mixture = testing.high_dim_mixture(dim=32)
   score_fn = mixture.score_fn(sde)

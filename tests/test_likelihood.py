@@ -190,3 +190,23 @@ def test_dequantized_bits_per_dim_end_to_end():
   bpd = np.asarray(bpd)
   assert bpd.shape == (num,) and int(nfe) > 0
   assert abs(bpd.mean() - entropy_bits) < 4 * bpd.std() / np.sqrt(num) + 1e-2
+
+
+@pytest.mark.parametrize("variables", ["log_snr", "ddim"])
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_scaled_variables_recover_oracle_log_density(name, variables, mixture2d):
+  """variables != "time" (y = x / alpha against tau) gives the same exact log p_eps(x) within 1e-3 nats."""
+  sde = SDES[name]()
+  x, _ = mixture2d.sample(jax.random.PRNGKey(0), 16)
+  logp, nfe = likelihood.log_likelihood(jax.random.PRNGKey(1), mixture2d.score_fn(sde), sde, x, "exact",
+                                        rtol=1e-5, atol=1e-5, eps=EPS, prior_logp=_exact_prior(mixture2d, sde),
+                                        variables=variables)
+  np.testing.assert_allclose(logp, mixture2d.log_prob(x, sde, _at(x, EPS)), atol=1e-3)
+  assert int(nfe) > 6
+
+
+def test_unknown_variables_are_rejected(mixture2d):
+  sde = sde_lib.VPSDE()
+  with pytest.raises(ValueError, match="unknown ODE variables"):
+    likelihood.log_likelihood(jax.random.PRNGKey(0), mixture2d.score_fn(sde), sde, jnp.zeros((2, 2)),
+                              variables="lambda")

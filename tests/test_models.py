@@ -49,6 +49,16 @@ def test_upfirdn2d_matches_numpy(up, down, pad, ksize):
   np.testing.assert_allclose(np.asarray(got), upfirdn2d_numpy(x, kernel, up, down, pad), atol=1e-5)
 
 
+@pytest.mark.parametrize("up,down,pad", [(2, 1, (2, 1)), (1, 2, (1, 1)), (2, 2, (-1, 2))])
+def test_separable_upfirdn2d_matches_numpy(up, down, pad):
+  """A rank-one asymmetric kernel a b^T takes the two-pass path: rows along H, columns along W."""
+  x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
+  kernel = np.outer([1.0, 2.0, -1.0, 0.5], [3.0, 1.0, 0.0, 2.0]).astype(np.float32)
+  assert up_or_down_sampling._rank_one_factors(kernel) is not None  # pylint: disable=protected-access
+  got = up_or_down_sampling.upfirdn2d(jnp.asarray(x), kernel, up=up, down=down, pad=pad)
+  np.testing.assert_allclose(np.asarray(got), upfirdn2d_numpy(x, kernel, up, down, pad), atol=1e-4)
+
+
 @pytest.mark.parametrize("kernel", [(1, 3, 3, 1), (1, 2, 1), (1, 1)])
 def test_fir_resampling_matches_numpy(kernel):
   """upsample_2d / downsample_2d = upfirdn2d with StyleGAN2's gains and pads (numpy reference)."""

@@ -20,13 +20,50 @@ def setup_kernel(kernel: Sequence[float] | np.ndarray) -> np.ndarray:
   return (k / k.sum()).astype(np.float32)
 
 
+def _rank_one_factors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+  """(a, b) with kernel = outer(a, b) when the 2-D kernel is separable, else None."""
+  u, s, vt = np.linalg.svd(np.asarray(kernel, np.float64))
+  if s[0] == 0 or np.max(s[1:], initial=0.0) > 1e-7 * s[0]:
+    return None
+  return u[:, 0] * np.sqrt(s[0]), vt[0] * np.sqrt(s[0])
+
+
+def _upfirdn1d(x: Array, taps: np.ndarray, axis: int, up: int, down: int, pad: tuple[int, int]) -> Array:
+  """upfirdn along one axis: zero insertion, pad, true convolution with `taps`, keep every down-th.
+
+  y[o] = sum_i taps[K - 1 - i] x_padded[o down + i]: K strided slices and multiply-adds over all
+  channels at once, which XLA fuses into one loop (no depthwise convolution, no transposes).
+  """
+  config = [(0, 0, 0)] * x.ndim
+  config[axis] = (pad[0], pad[1] + up - 1, up - 1)
+  padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+  size = (padded.shape[axis] - len(taps)) // down + 1
+  out = None
+  for i, tap in enumerate(taps[::-1]):
+    term = jnp.asarray(tap, x.dtype) * jax.lax.slice_in_dim(padded, i, i + (size - 1) * down + 1, down, axis)
+    out = term if out is None else out + term
+  return out
+
+
 def upfirdn2d(x: Array, kernel: np.ndarray, *, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> Array:
   """Upsample (zero insertion), pad, convolve with the 2-D FIR `kernel`, downsample.
 
   y = down_d( (pad_p(up_u x)) * k ), with `*` a true convolution (the kernel is flipped), applied to
   every channel separately. Output side: (H u + p0 + p1 - kh) // d + 1. Negative pads crop.
+  A separable kernel k = a b^T (every kernel `setup_kernel` makes from 1-D taps) runs as two 1-D
+  passes (`_upfirdn1d`), the same function up to float rounding and several times faster on CPU.
   """
+  factors = _rank_one_factors(kernel)
+  if factors is not None:
+    rows, cols = factors
+    return _upfirdn1d(_upfirdn1d(x, rows, 1, up, down, pad), cols, 2, up, down, pad)
+  return upfirdn2d_depthwise(x, kernel, up=up, down=down, pad=pad)
+
+
+def upfirdn2d_depthwise(x: Array, kernel: np.ndarray, *, up: int = 1, down: int = 1,
+                        pad: tuple[int, int] = (0, 0)) -> Array:
+  """`upfirdn2d` for any 2-D kernel as one single-channel convolution of the B*C planes."""
   batch, height, width, channels = x.shape
   kh, kw = kernel.shape
   p0, p1 = pad

@@ -13,6 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from score_sde import flow_variables
 from score_sde import sde as sde_lib
 from score_sde.sampling import utils
 
@@ -95,9 +96,21 @@ def integrate(vector_field, y0, t0: float, t1: float, solver: str, rtol: float, 
 
 
 def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, solver: str, rtol: float,
-           atol: float, num_steps: int | None, max_steps: int,
+           atol: float, num_steps: int | None, max_steps: int, variables: str = "time",
            progress: utils.Progress | None = None) -> tuple[Array, Array]:
-  """x(t1) from x(t0) along the probability-flow ODE, and the score evaluations used."""
+  """x(t1) from x(t0) along the probability-flow ODE, and the score evaluations used.
+
+  variables (`flow_variables.VARIABLES`): "time" solves x against t; the others solve
+  y = x / alpha_t against tau(t), where the flow is close to linear.
+  """
+  flow_variables.check(variables)
+  if variables != "time":
+    field = flow_variables.vector_field(score_fn, sde, variables)
+    tau0, alpha0 = flow_variables.endpoint(sde, variables, t0, x.dtype)
+    tau1, alpha1 = flow_variables.endpoint(sde, variables, t1, x.dtype)
+    y, nfe = integrate(lambda tau, y, args: field(tau, y), x / alpha0, tau0, tau1, solver, rtol, atol,
+                       num_steps, max_steps, progress)
+    return alpha1 * y, nfe
   flow = sde.reverse(score_fn, probability_flow=True)
 
   def vector_field(t, y, args):
@@ -107,34 +120,36 @@ def _solve(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, t0: float, t1: float, 
   return integrate(vector_field, x, t0, t1, solver, rtol, atol, num_steps, max_steps, progress, (t1 - t0) / 100)
 
 
-_STATIC = ("score_fn", "sde", "solver", "rtol", "atol", "num_steps", "eps", "max_steps")
+_STATIC = ("score_fn", "sde", "solver", "rtol", "atol", "num_steps", "eps", "max_steps", "variables")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def encode(score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, solver: str = "tsit5", rtol: float = 1e-5,
            atol: float = 1e-5, num_steps: int | None = None, eps: float = 1e-3,
-           max_steps: int = 4096) -> tuple[Array, Array]:
+           max_steps: int = 4096, variables: str = "time") -> tuple[Array, Array]:
   """The latent z = x(T) of data x = x(eps) under the probability-flow ODE, and the NFE used."""
-  return _solve(score_fn, sde, x, eps, sde.T, solver, rtol, atol, num_steps, max_steps)
+  return _solve(score_fn, sde, x, eps, sde.T, solver, rtol, atol, num_steps, max_steps, variables)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def decode(score_fn: ScoreFn, sde: sde_lib.SDE, z: Array, *, solver: str = "tsit5", rtol: float = 1e-5,
            atol: float = 1e-5, num_steps: int | None = None, eps: float = 1e-3,
-           max_steps: int = 4096) -> tuple[Array, Array]:
+           max_steps: int = 4096, variables: str = "time") -> tuple[Array, Array]:
   """The data x = x(eps) of a latent z = x(T) under the probability-flow ODE, and the NFE used."""
-  return _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps)
+  return _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps, variables)
 
 
 def sample(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, shape, *, solver: str = "tsit5", rtol: float = 1e-5,
            atol: float = 1e-5, num_steps: int | None = None, eps: float = 1e-3, denoise: bool = False,
-           max_steps: int = 4096, progress: utils.Progress | None = None) -> tuple[Array, Array]:
+           max_steps: int = 4096, variables: str = "time",
+           progress: utils.Progress | None = None) -> tuple[Array, Array]:
   """decode(prior sample): adaptive (PIDController) when num_steps is None, else num_steps fixed steps.
 
   max_steps bounds the solver loop (adaptive or not); nfe comes from the steps diffrax took.
-  progress: per step of a fixed-step solve, else percent of [eps, T] (`StepProgress`).
+  variables: the ODE's variables (`flow_variables.VARIABLES`).
+  progress: per step of a fixed-step solve, else percent of the integration interval (`StepProgress`).
   """
   z = sde.prior_sampling(rng, shape)
-  x, nfe = _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps, progress)
+  x, nfe = _solve(score_fn, sde, z, sde.T, eps, solver, rtol, atol, num_steps, max_steps, variables, progress)
   x, denoise_nfe = utils.finish(score_fn, sde, x, eps, denoise)
   return x, nfe + denoise_nfe

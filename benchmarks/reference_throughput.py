@@ -1,0 +1,216 @@
+"""Training step of this port against yang-song/score_sde_pytorch, interleaved in one run on this CPU.
+
+python benchmarks/reference_throughput.py --reference_dir SCORE_SDE_PYTORCH --reference_python PYTHON
+    [--cases ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32] [--batch 8] [--rounds 3]
+    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT]
+
+Each side runs in its own worker process (the reference needs PyTorch, which is never a dependency
+of this project: --reference_python is an interpreter of a separate environment with torch, numpy,
+scipy and ml_collections). A worker builds its side's model, loss and optimizer (the reference's own
+code, imported unmodified: models.utils.create_model, losses.get_optimizer / optimization_manager /
+get_step_fn, models.ema; only its CUDA `op` extension is replaced by the file's own CPU branch,
+`upfirdn2d_native`, which is what it runs on CPU anyway), compiles / warms up with one step, then
+runs one step per request. The controller alternates the two workers step by step, so both sides
+see the same machine load; it prints the median s/step, images/s, ours/reference speed ratio,
+the first (compiling) step, parameter counts and the load average. Case NAME:NF overrides model.nf.
+With --baseline_root, a third worker runs the training step of another checkout of this project
+(e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios.
+"""
+import argparse
+import ast
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE_CONFIGS = {  # our configs/cifar10/NAME.py -> the reference's configs/PATH
+    "ve_ncsnpp_continuous": "ve/cifar10_ncsnpp_continuous.py",
+    "vp_ddpmpp_continuous": "vp/cifar10_ddpmpp_continuous.py",
+}
+
+
+def _send(message: dict) -> None:
+  print(json.dumps(message), flush=True)
+
+
+def _serve(step, first_step_seconds: float, num_params: int) -> None:
+  """Worker loop: one timed step per 'step' line on stdin, a JSON line with its seconds on stdout."""
+  _send({"compile_s": first_step_seconds, "params": num_params})
+  for line in sys.stdin:
+    if line.strip() != "step":
+      return
+    tic = time.perf_counter()
+    step()
+    _send({"seconds": time.perf_counter() - tic})
+
+
+def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, str(root))
+  from score_sde import configs_util, datasets, train  # pylint: disable=import-outside-toplevel
+  if not pathlib.Path(train.__file__).resolve().is_relative_to(root.resolve()):
+    raise RuntimeError(f"imported {train.__file__}, not the checkout {root}")
+  overrides = [f"--config.training.batch_size={batch}"] + ([f"--config.model.nf={nf}"] if nf else [])
+  config = configs_util.load_config(str(root / f"configs/cifar10/{name}.py"), overrides)
+  setup = train.build(config, jax.devices()[:1])
+  state = train.init_state(config, setup)
+  train_step, _ = train.get_step_fns(config, setup)
+  shape = (batch,) + datasets.data_shape(config)
+  images = np.random.default_rng(0).uniform(0.0, 1.0, shape).astype(np.float32)
+  batch_arrays = train.shard_batch({"image": images, "label": np.zeros(batch, np.int32)}, setup.mesh)
+  holder = {"state": state, "k": 0}
+
+  def step():
+    holder["k"] += 1
+    holder["state"], metrics = train_step(holder["state"], batch_arrays, jax.random.fold_in(setup.keys.train,
+                                                                                             holder["k"]))
+    jax.block_until_ready(metrics)
+
+  tic = time.perf_counter()
+  step()
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  _serve(step, time.perf_counter() - tic, int(num_params))
+
+
+def _reference_op_module(reference_dir: pathlib.Path) -> types.ModuleType:
+  """`op` with the reference's own upfirdn2d / upfirdn2d_native, without compiling its CUDA extension."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch.nn import functional as F  # pylint: disable=import-outside-toplevel
+  source = (reference_dir / "op/upfirdn2d.py").read_text()
+  functions = [node for node in ast.parse(source).body
+               if isinstance(node, ast.FunctionDef) and node.name in ("upfirdn2d", "upfirdn2d_native")]
+  module = types.ModuleType("op")
+  module.__dict__.update(torch=torch, F=F)
+  exec(compile(ast.Module(body=functions, type_ignores=[]), str(reference_dir / "op/upfirdn2d.py"), "exec"),
+       module.__dict__)  # pylint: disable=exec-used
+  return module
+
+
+def _reference(name: str, nf: int | None, batch: int, reference_dir: pathlib.Path) -> None:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, str(reference_dir))
+  sys.modules["op"] = _reference_op_module(reference_dir)
+  import losses  # pylint: disable=import-outside-toplevel
+  import sde_lib  # pylint: disable=import-outside-toplevel
+  from models import ddpm, ncsnpp, utils as mutils  # noqa: F401  pylint: disable=import-outside-toplevel
+  from models.ema import ExponentialMovingAverage  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("reference_config", reference_dir / "configs" /
+                                                REFERENCE_CONFIGS[name])
+  config_module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config_module)
+  config = config_module.get_config()
+  config.device = torch.device("cpu")
+  config.training.batch_size = batch
+  if nf:
+    config.model.nf = nf
+  model = mutils.create_model(config)
+  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+  optimizer = losses.get_optimizer(config, model.parameters())
+  state = dict(optimizer=optimizer, model=model, ema=ema, step=0)
+  if config.training.sde.lower() == "vesde":
+    sde = sde_lib.VESDE(config.model.sigma_min, config.model.sigma_max, config.model.num_scales)
+  else:
+    sde = sde_lib.VPSDE(config.model.beta_min, config.model.beta_max, config.model.num_scales)
+  train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
+                                  reduce_mean=config.training.reduce_mean, continuous=config.training.continuous,
+                                  likelihood_weighting=config.training.likelihood_weighting)
+  generator = torch.Generator().manual_seed(0)
+  images = torch.rand((batch, config.data.num_channels, config.data.image_size, config.data.image_size),
+                      generator=generator) * 2.0 - 1.0
+
+  def step():
+    train_step(state, images)
+
+  tic = time.perf_counter()
+  step()
+  _serve(step, time.perf_counter() - tic, sum(p.numel() for p in model.parameters()))
+
+
+class Worker:
+  """A worker process of one side, driven one step at a time."""
+
+  def __init__(self, command: list[str]):
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f"worker {self.process.args} exited with code {self.process.wait()}")
+    return json.loads(line)
+
+  def step(self) -> float:
+    self.process.stdin.write("step\n")
+    self.process.stdin.flush()
+    return self._read()["seconds"]
+
+  def close(self) -> None:
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def _parse_case(case: str) -> tuple[str, int | None]:
+  name, _, nf = case.partition(":")
+  if name not in REFERENCE_CONFIGS:
+    raise ValueError(f"unknown case {name!r}; choose from {sorted(REFERENCE_CONFIGS)}")
+  return name, int(nf) if nf else None
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--reference_dir", type=pathlib.Path, help="a checkout of yang-song/score_sde_pytorch")
+  parser.add_argument("--reference_python", default="python3", help="an interpreter with torch installed")
+  parser.add_argument("--cases", default="ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--rounds", type=int, default=3, help="timed steps per side, alternating")
+  parser.add_argument("--baseline_root", type=pathlib.Path, help="another checkout of this project to time too")
+  parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
+  parser.add_argument("--root", type=pathlib.Path, default=ROOT, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    name, nf = _parse_case(args.cases)
+    if args.worker == "ours":
+      _ours(name, nf, args.batch, args.root)
+    else:
+      _reference(name, nf, args.batch, args.reference_dir.resolve())
+    return
+  if args.reference_dir is None or not (args.reference_dir / "losses.py").exists():
+    sys.exit(f"--reference_dir {args.reference_dir} is not a score_sde_pytorch checkout (no losses.py)")
+  cases = [case for case in args.cases.split(",") if case]
+  for case in cases:
+    _parse_case(case)
+  print(f"training step, batch {args.batch}, CPU: median of {args.rounds} steps per side, alternating; "
+        f"load average before: {os.getloadavg()[0]:.2f}")
+  print(f"{'case':>26} {'side':>9} {'params':>10} {'1st step s':>10} {'s/step':>7} {'images/s':>8} {'ours/ref':>8}")
+  script = str(pathlib.Path(__file__).resolve())
+  for case in cases:
+    common = ["--cases", case, "--batch", str(args.batch)]
+    commands = {"ours": [sys.executable, script, "--worker", "ours"] + common}
+    if args.baseline_root:
+      commands["baseline"] = commands["ours"] + ["--root", str(args.baseline_root.resolve())]
+    commands["reference"] = [args.reference_python, script, "--worker", "reference",
+                             "--reference_dir", str(args.reference_dir)] + common
+    workers = {side: Worker(command) for side, command in commands.items()}
+    times = {side: [] for side in workers}
+    for _ in range(args.rounds):
+      for side, worker in workers.items():
+        times[side].append(worker.step())
+    for worker in workers.values():
+      worker.close()
+    medians = {side: statistics.median(seconds) for side, seconds in times.items()}
+    for side, worker in workers.items():
+      ratio = f"{medians['reference'] / medians[side]:>8.2f}" if side != "reference" else ""
+      print(f"{case:>26} {side:>9} {worker.info['params']:>10,d} {worker.info['compile_s']:>10.1f} "
+            f"{medians[side]:>7.3f} {args.batch / medians[side]:>8.2f} {ratio}", flush=True)
+  print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
