@@ -55,6 +55,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.use_ema = True  # sample and evaluate the EMA parameters (else the raw ones)
   evaluate.rtol = 1e-5  # likelihood ODE tolerances
   evaluate.atol = 1e-5
+  evaluate.ode_variables = "time"  # likelihood ODE variables: "time" (x against t), "ddim", "log_snr"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

@@ -72,7 +72,7 @@ def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.M
   def logp_fn(rng: Array, params, x: Array) -> tuple[Array, Array]:
     score_fn = models.get_score_fn(sde, model, params, train=False, continuous=config.training.continuous)
     return likelihood.log_likelihood(rng, score_fn, sde, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
-                                     eps=config.training.eps)
+                                     eps=config.training.eps, variables=config.eval.get("ode_variables", "time"))
 
   return logp_fn
 
