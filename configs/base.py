@@ -54,6 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.bpd_num_examples = 0  # examples of bpd_dataset evaluated after training and by scripts/likelihood.py; 0: all
   evaluate.rtol = 1e-5  # likelihood ODE tolerances
   evaluate.atol = 1e-5
+  evaluate.ode_variables = "time"  # likelihood ODE variables: "time" (x against t), "ddim", "log_snr"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

@@ -73,7 +73,7 @@ def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.M
   def logp_fn(rng: Array, params, x: Array) -> tuple[Array, Array]:
     bound, score_fn = model_score_fn(config, sde, model, params)
     return likelihood.log_likelihood(rng, score_fn, bound, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
-                                     eps=config.training.eps)
+                                     eps=config.training.eps, variables=config.eval.ode_variables)
 
   return logp_fn
 
