@@ -54,28 +54,24 @@ def _vp_log_mean_coeff(t: Array, beta_min: float, beta_max: float) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class VPLinear:
-  """VP with linear beta(t): lambda = 2 log alpha - log(1 - alpha^2)."""
+  """VP with linear beta(t): sigma^2 = 1 - alpha^2, lambda = 2 log alpha - log(1 - alpha^2)."""
 
   beta_min: float = 0.1
   beta_max: float = 20.0
   kind = "vp"
+  variance_power = 1.0  # sigma^2 = (1 - alpha^2)^variance_power
 
   def log_snr(self, t: Array) -> Array:
     log_alpha = _vp_log_mean_coeff(t, self.beta_min, self.beta_max)
-    return 2.0 * log_alpha - jnp.log(-jnp.expm1(2.0 * log_alpha))
+    return 2.0 * log_alpha - self.variance_power * jnp.log(-jnp.expm1(2.0 * log_alpha))
 
 
 @dataclasses.dataclass(frozen=True)
-class SubVPLinear:
+class SubVPLinear(VPLinear):
   """sub-VP with linear beta(t): sigma = 1 - alpha^2, lambda = 2 log alpha - 2 log(1 - alpha^2)."""
 
-  beta_min: float = 0.1
-  beta_max: float = 20.0
   kind = "subvp"
-
-  def log_snr(self, t: Array) -> Array:
-    log_alpha = _vp_log_mean_coeff(t, self.beta_min, self.beta_max)
-    return 2.0 * log_alpha - 2.0 * jnp.log(-jnp.expm1(2.0 * log_alpha))
+  variance_power = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
