@@ -152,7 +152,7 @@ def _restore_dir(step_dir: pathlib.Path, template_fn: Callable[[dict], Any]) -> 
 
 def step_dirs(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   """The finished checkpoint directories of both kinds, newest step first (at one step: the snapshot first)."""
-  root = pathlib.Path(workdir)
+  root = pathlib.Path(workdir).resolve()  # orbax reads absolute paths only
   found = [(int(path.name), kind == SNAPSHOT_DIR, path) for kind in (SNAPSHOT_DIR, PREEMPTION_DIR)
            if (root / kind).is_dir() for path in (root / kind).iterdir() if path.name.isdigit() and path.is_dir()]
   return [path for *_, path in sorted(found, reverse=True)]

@@ -129,6 +129,15 @@ def test_reading_a_damaged_step_names_the_newest_step_that_restores(finished_run
     evaluate.restore_run(workdir)
 
 
+def test_a_run_is_read_through_a_relative_workdir(finished_run, monkeypatch):
+  """Scripts get --workdir runs/x as typed; orbax restores absolute paths only."""
+  workdir, state = finished_run
+  monkeypatch.chdir(workdir.parent)
+  _, restored, step = evaluate.restore_run(pathlib.Path(workdir.name), None)
+  assert step == 15
+  _assert_trees_equal(restored.params, state.params)
+
+
 def test_reading_creates_nothing(tmp_path):
   absent, empty = tmp_path / "absent", tmp_path / "empty"
   empty.mkdir()
