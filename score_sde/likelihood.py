@@ -4,6 +4,8 @@
     log p_eps(x(eps)) = log p_T(x(T)) + int_eps^T div f~(x(t), t) dt,
   x and the divergence integral solved together, from eps up to T, in one jitted diffrax call.
 - `bits_per_dim`, `dequantize`, `dequantized_bits_per_dim`: the bits/dim of {0..255} images.
+- `encoder_bound_nll`: -log P of 8-bit images through the ODE, dequantized by the forward process itself
+    (z_eps ~ q(z_eps | x), decoded by the pixel-grid decoder `grid_decoder_nll`), for models of 8-bit data.
 - `elbo`: the continuous-time likelihood-weighted DSM bound (Song et al. 2021, arXiv 2101.09258).
 - `ddpm_elbo`, `ddpm_elbo_bpd`: the discrete DDPM bound (THEORY.md §1) with x_0 predicted from the score.
 """
@@ -56,10 +58,15 @@ DIVERGENCE_ESTIMATORS = {
 
 
 def _drift_and_divergence(drift_fn: Callable[[Array], Array], x: Array, probes: Array, weight: float):
-  """(drift_fn(x), its divergence estimated as weight sum_k v_k^T (d drift / dx) v_k) [B]."""
-  drift, vjp_fn = jax.vjp(drift_fn, x)
-  (v_jac,) = jax.vmap(vjp_fn)(probes)
-  divergence = weight * jnp.sum(jax.vmap(sde_lib.sum_except_batch)(v_jac * probes), axis=0)
+  """(drift_fn(x), its divergence estimated as weight sum_k v_k^T (d drift / dx) v_k) [B].
+
+  J v_k by forward mode (`jax.linearize`): inside the solver's while loop, XLA:CPU runs the
+  input-gradient convolutions of reverse mode (kernel in HWOI layout) ~18x slower than at top level,
+  which made each field evaluation of a U-Net 8x dearer than with forward mode (benchmarks/divergence_mode.py).
+  """
+  drift, jvp_fn = jax.linearize(drift_fn, x)
+  jac_v = jax.vmap(jvp_fn)(probes)
+  divergence = weight * jnp.sum(jax.vmap(sde_lib.sum_except_batch)(jac_v * probes), axis=0)
   return drift, divergence
 
 
@@ -190,6 +197,56 @@ def dequantized_bits_per_dim(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, im
   logp, nfe = log_likelihood(probe_rng, score_fn, sde, flat, **likelihood_options)
   bpd = bits_per_dim(logp, images.shape[1:], inverse_scaler=inverse_scaler)
   return jnp.mean(bpd.reshape(num_draws, images.shape[0]), axis=0), nfe
+
+
+def pixel_grid(scaler: Callable[[Array], Array]) -> Array:
+  """The 256 model-space values scaler(k / 255) of 8-bit pixels."""
+  return scaler(jnp.arange(256, dtype=jnp.float32) / 255.0)
+
+
+def grid_decoder_nll(x: Array, z: Array, alpha: Array, log_snr: Array, grid: Array) -> Array:
+  """-log p(x | z) [B] of x on `grid` (K values), VDM's decoder of z = alpha x + sigma eps:
+
+    p(x_i = v_k | z) = softmax_k(-(z_i / alpha - v_k)^2 e^{lambda} / 2),  lambda = log(alpha^2 / sigma^2),
+
+  dimensions independent: the posterior of x_i given z_i under a uniform prior over the grid.
+  """
+  logits = -0.5 * jnp.exp(log_snr) * (z[..., None] / alpha - grid) ** 2
+  index = jnp.argmin(jnp.abs(x[..., None] - grid), axis=-1)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), index[..., None], axis=-1)[..., 0]
+  return -jnp.sum(logp.reshape(x.shape[0], -1), axis=-1)
+
+
+def encoder_bound_nll(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, *, grid: Array,
+                      eps: float = 1e-5, **likelihood_options) -> tuple[Array, Array]:
+  """An upper bound on -log P(x) in nats [B] of 8-bit x (model-space values on `grid`), and the ODE's nfe.
+
+  The forward process at time eps is the dequantizer: with q(z | x) = N(alpha_eps x, sigma_eps^2 I),
+    -log P(x) <= E_{z ~ q(z | x)}[-log p(x | z) - log p_eps(z) + log q(z | x)],
+  the decoder p(x | z) of `grid_decoder_nll` and p_eps the probability-flow density (`log_likelihood`,
+  `likelihood_options`). This is VDM's bound (score_sde/vdm.py) with its prior and diffusion terms
+  replaced by the exact ODE density of z; one draw of z per example. A model trained on 8-bit values
+  (no uniform dequantization) puts its density within ~sigma_eps / alpha_eps of the grid, far inside a
+  dequantization bin, so for it this bound, not `dequantized_bits_per_dim`, measures the ODE model.
+  """
+  noise_rng, probe_rng = jax.random.split(rng)
+  alpha, sigma = sde.marginal_coeffs(jnp.full((1,), eps, x.dtype))
+  noise = jax.random.normal(noise_rng, x.shape, x.dtype)
+  z = alpha[0] * x + sigma[0] * noise
+  logp, nfe = log_likelihood(probe_rng, score_fn, sde, z, eps=eps, **likelihood_options)
+  dim = math.prod(x.shape[1:])
+  log_q = -0.5 * sde_lib.sum_except_batch(noise**2) - dim * (0.5 * np.log(2.0 * np.pi) + jnp.log(sigma[0]))
+  log_snr = 2.0 * jnp.log(alpha[0] / sigma[0])
+  return grid_decoder_nll(x, z, alpha[0], log_snr, grid) - logp + log_q, nfe
+
+
+def bin_log_density(log_prob: Array, event_shape: tuple[int, ...], scaler: Callable[[Array], Array]) -> Array:
+  """log P(x) of 8-bit x spread uniformly over each pixel's bin in model space: log P - D log(bin width).
+
+  `bits_per_dim` turns it into -log2 P / D, so discrete bounds and dequantized densities share one reader.
+  """
+  bin_width = (scaler(jnp.ones(())) - scaler(jnp.zeros(()))) / 256.0
+  return log_prob - math.prod(event_shape) * jnp.log(bin_width)
 
 
 # Time samplers for the continuous ELBO: times t [num_t, B] in [eps, T] and importance weights
