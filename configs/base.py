@@ -45,6 +45,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   sampling.solver = "tsit5"  # probability-flow ODE solver (method "ode")
   sampling.rtol = 1e-5
   sampling.atol = 1e-5
+  sampling.ode_variables = "time"  # "time" (x against t), "ddim", "log_snr": flow_variables.py (method "ode")
   sampling.num_steps = 0  # 0: adaptive ODE steps / the SDE's N for PC; else a fixed step count
 
   config.eval = evaluate = ml_collections.ConfigDict()
@@ -55,6 +56,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluate.rtol = 1e-5  # likelihood ODE tolerances
   evaluate.atol = 1e-5
   evaluate.ode_variables = "time"  # likelihood ODE variables: "time" (x against t), "ddim", "log_snr"
+  # How the ODE density becomes bits/dim of 8-bit data: "uniform" dequantization, or "encoder" (the forward process
+  # at training.eps with the pixel-grid decoder, for models trained on 8-bit values: likelihood.encoder_bound_nll).
+  evaluate.ode_dequantization = "uniform"
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CIFAR10"

@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 def _choices() -> dict[str, Callable[[], Sequence[str]]]:
   """Dotted field -> allowed values (computed lazily from the registries)."""
   # pylint: disable=import-outside-toplevel
-  from score_sde import datasets, losses, models, sampling
+  from score_sde import datasets, evaluate, flow_variables, losses, models, sampling
   from score_sde import sde as sde_lib
   from score_sde.sampling import ode, pc
   return {
@@ -36,7 +36,10 @@ def _choices() -> dict[str, Callable[[], Sequence[str]]]:
       "sampling.predictor": lambda: tuple(pc.PREDICTORS),
       "sampling.corrector": lambda: tuple(pc.CORRECTORS),
       "sampling.solver": lambda: tuple(ode.SOLVERS),
+      "sampling.ode_variables": lambda: flow_variables.VARIABLES,
       "eval.bpd_dataset": lambda: ("train", "test"),
+      "eval.ode_variables": lambda: flow_variables.VARIABLES,
+      "eval.ode_dequantization": lambda: tuple(evaluate.ODE_DEQUANTIZATIONS),
       "optim.optimizer": lambda: tuple(losses.OPTIMIZERS),
   }
 
@@ -116,7 +119,7 @@ def _with_resolved_config(argv: Sequence[str]) -> list[str]:
 # config.sampling field -> the sampler option it sets, for the methods whose signature takes that option.
 _SAMPLER_FIELDS = {"solver": "solver", "rtol": "rtol", "atol": "atol", "predictor": "predictor",
                    "corrector": "corrector", "snr": "snr", "n_steps_each": "n_steps", "noise_removal": "denoise",
-                   "num_steps": "num_steps"}
+                   "num_steps": "num_steps", "ode_variables": "variables"}
 
 
 def sampler_options(config: ml_collections.ConfigDict, **overrides) -> tuple[str, dict]:

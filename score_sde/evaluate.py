@@ -64,16 +64,54 @@ def get_sample_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn
   return sample_fn
 
 
+def eight_bit_values(x: Array, dequantized: bool) -> Array:
+  """The {0..255} pixel values of data x in [0, 1]: floor(256 x) of dequantized data, round(255 x) otherwise."""
+  return jnp.floor(x * 256.0) if dequantized else jnp.round(x * 255.0)
+
+
+def _uniform_logp(config, rng, score_fn, sde, x):
+  """log p_eps(scaler(x)) of (dequantized) data x in [0, 1]."""
+  return likelihood.log_likelihood(rng, score_fn, sde, datasets.get_data_scaler(config)(x), **_ode_options(config))
+
+
+def _encoder_logp(config, rng, score_fn, sde, x):
+  """The forward-process bound on log P of the 8-bit values of x, spread over each pixel's bin."""
+  scaler = datasets.get_data_scaler(config)
+  pixels = eight_bit_values(x, config.data.uniform_dequantization)
+  nll, nfe = likelihood.encoder_bound_nll(rng, score_fn, sde, scaler(pixels / 255.0),
+                                          grid=likelihood.pixel_grid(scaler), **_ode_options(config))
+  return likelihood.bin_log_density(-nll, x.shape[1:], scaler), nfe
+
+
+def _ode_options(config) -> dict:
+  return dict(rtol=config.eval.rtol, atol=config.eval.atol, eps=config.training.eps,
+              variables=config.eval.ode_variables)
+
+
+# config.eval.ode_dequantization -> how the ODE's density becomes a likelihood of 8-bit data:
+# "uniform": x + U[0, 1) / 256 (score_sde, for models trained on dequantized data); "encoder": the
+# forward process at eps with the pixel-grid decoder (`likelihood.encoder_bound_nll`, models of 8-bit data).
+ODE_DEQUANTIZATIONS = {"uniform": _uniform_logp, "encoder": _encoder_logp}
+
+
 def get_logp_fn(config: ml_collections.ConfigDict, sde: sde_lib.SDE, model: nn.Module
                 ) -> Callable[[Array, object, Array], tuple[Array, Array]]:
-  """Jitted (rng, params, x in [0, 1]) -> (log p(scaler(x)) in nats [B], nfe), probability-flow ODE."""
-  scaler = datasets.get_data_scaler(config)
+  """Jitted (rng, params, x in [0, 1]) -> (log-density in nats [B], nfe) of the probability-flow ODE.
+
+  Per config.eval.ode_dequantization (ODE_DEQUANTIZATIONS): log p_eps(scaler(x)), or the encoder bound on
+  log P(8-bit x) as a model-space density (`likelihood.bin_log_density`); `likelihood.bits_per_dim`
+  reads both. With "encoder", x must hold 8-bit values (data.uniform_dequantization=False) or their
+  dequantization.
+  """
+  dequantization = config.eval.ode_dequantization
+  if dequantization not in ODE_DEQUANTIZATIONS:
+    raise ValueError(f"unknown eval.ode_dequantization {dequantization!r}; choose from {sorted(ODE_DEQUANTIZATIONS)}")
+  logp_of = ODE_DEQUANTIZATIONS[dequantization]
 
   @jax.jit
   def logp_fn(rng: Array, params, x: Array) -> tuple[Array, Array]:
     bound, score_fn = model_score_fn(config, sde, model, params)
-    return likelihood.log_likelihood(rng, score_fn, bound, scaler(x), rtol=config.eval.rtol, atol=config.eval.atol,
-                                     eps=config.training.eps, variables=config.eval.ode_variables)
+    return logp_of(config, rng, score_fn, bound, x)
 
   return logp_fn
 

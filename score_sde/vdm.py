@@ -9,9 +9,9 @@ lambda(t) = log(alpha_t^2 / sigma_t^2) on [t0, T], and a noise prediction eps_ha
   diffusion      = -1/2 (T - t0) E_{t ~ U[t0, T]} [ lambda'(t) ||eps - eps_hat(z_t, t)||^2 ]      (T = inf steps)
                  = T_steps / 2 E_i [ expm1(lambda(s_i) - lambda(t_i)) ||eps - eps_hat(z_{t_i}, t_i)||^2 ]  (T_steps)
 
-over the grid v_k = scaler(k / 255) of the 256 pixel values (the decoder treats dimensions
-independently; without a grid, continuous data get the Gaussian decoder N(z_t0 / alpha_t0, e^{-lambda_t0} I)). The continuous diffusion term depends on the schedule only through lambda(t0),
-lambda(T); the schedule in between changes its Monte-Carlo variance, which VDM minimises with the
+over the grid v_k = scaler(k / 255) of the 256 pixel values (`likelihood.grid_decoder_nll`; dimensions
+independent; without a grid, continuous data get the Gaussian decoder N(z_t0 / alpha_t0, e^{-lambda_t0} I)).
+The continuous diffusion term depends on the schedule only through lambda(t0), lambda(T); the schedule in between changes its Monte-Carlo variance, which VDM minimises with the
 gradient 2 L_diff dL_diff/d eta for the schedule's shape parameters eta (`variance_minimising_grads`).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_sde import datasets, losses, models, schedules
+from score_sde import datasets, likelihood, losses, models, schedules
 from score_sde import sde as sde_lib
 
 Array = jax.Array
@@ -74,15 +74,6 @@ def schedule_values(sde: sde_lib.SDE, t: Array, t0: float, num_steps: int = 0) -
   return values
 
 
-def reconstruction_nll(x: Array, z0: Array, alpha0: Array, log_snr0: Array, grid: Array) -> Array:
-  """-log p(x | z_0) [B] for x on `grid` (K values): a softmax over the grid of Gaussian logits."""
-  inv_var = jnp.exp(log_snr0)  # alpha^2 / sigma^2: z0 / alpha0 = x + e^{-lambda/2} eps
-  logits = -0.5 * inv_var * (z0[..., None] / alpha0 - grid) ** 2
-  index = jnp.argmin(jnp.abs(x[..., None] - grid), axis=-1)
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), index[..., None], axis=-1)[..., 0]
-  return -jnp.sum(logp.reshape(x.shape[0], -1), axis=-1)
-
-
 def gaussian_reconstruction_nll(x: Array, z0: Array, alpha0: Array, log_snr0: Array) -> Array:
   """-log N(x; z_0 / alpha_0, e^{-lambda_0} I) [B]: the decoder of continuous data (no grid)."""
   var = jnp.exp(-log_snr0)
@@ -115,7 +106,7 @@ def terms_from_values(values: dict[str, Array], eps_fn: EpsFn, x: Array, t: Arra
   if grid is None:
     reconstruction = gaussian_reconstruction_nll(x, z0, values["alpha_0"], values["log_snr_0"])
   else:
-    reconstruction = reconstruction_nll(x, z0, values["alpha_0"], values["log_snr_0"], grid)
+    reconstruction = likelihood.grid_decoder_nll(x, z0, values["alpha_0"], values["log_snr_0"], grid)
   return VDMTerms(reconstruction=reconstruction,
                   prior=prior_kl(x, values["alpha_1"], values["sigma_1"], prior_std),
                   diffusion=diffusion_loss(values, mse, t0, t1, num_steps))
@@ -140,11 +131,6 @@ def vdm_terms(rng: Array, eps_fn: EpsFn, sde: sde_lib.SDE, x: Array, *, grid: Ar
 def eps_fn_of_score(sde: sde_lib.SDE, score_fn) -> EpsFn:
   """eps_hat(z, t) = -sigma_t score(z, t): the noise prediction of any score function."""
   return lambda z, t, log_snr: -sde_lib.batch_broadcast(sde.marginal_coeffs(t)[1], z) * score_fn(z, t)
-
-
-def pixel_grid(scaler: Callable[[Array], Array]) -> Array:
-  """The 256 model-space values scaler(k / 255) of 8-bit pixels."""
-  return scaler(jnp.arange(256, dtype=jnp.float32) / 255.0)
 
 
 def bits_per_dim(nats: Array, shape) -> Array:
@@ -289,6 +275,6 @@ def options_from_config(config) -> dict:
   if config.data.uniform_dequantization:
     raise ValueError("training.objective='vdm' models 8-bit pixels through its reconstruction term: "
                      "set data.uniform_dequantization=False")
-  return dict(ema_rate=config.model.ema_rate, grid=pixel_grid(datasets.get_data_scaler(config)), t0=config.training.eps,
+  return dict(ema_rate=config.model.ema_rate, grid=likelihood.pixel_grid(datasets.get_data_scaler(config)), t0=config.training.eps,
               num_steps=config.vdm.num_steps, low_discrepancy=config.vdm.low_discrepancy,
               schedule_grad=config.vdm.schedule_grad)

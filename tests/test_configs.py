@@ -47,6 +47,8 @@ def test_overrides_apply_and_keep_their_types():
     ("--config.model.name=unett", "model.name='unett'"),
     ("--config.training.sde=vp", "training.sde='vp'"),
     ("--config.sampling.method=odee", "sampling.method"),
+    ("--config.eval.ode_dequantization=gaussian", "eval.ode_dequantization='gaussian'"),
+    ("--config.sampling.ode_variables=lambda", "sampling.ode_variables='lambda'"),
     ("--config.training.batch_size=0", "batch_size=0 must be positive"),
     ("--config.model.ema_rate=1.5", "ema_rate"),
 ])

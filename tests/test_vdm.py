@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from score_sde import configs_util, datasets, models, schedules, testing, train, vdm
+from score_sde import configs_util, datasets, evaluate, likelihood, models, schedules, testing, train, vdm
 from score_sde.models import scheduled
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -165,6 +165,26 @@ def test_vdm_training_learns_the_schedule_snapshots_samples_and_resumes_exactly(
   assert (tmp_path / "straight" / "samples" / "step_6.png").exists()
 
 
+def test_encoder_bits_per_dim_of_a_vdm_model_are_a_discrete_bound_of_8_bit_digits():
+  """eval.ode_dequantization="encoder" on an untrained VDM digits model: finite bits/dim of the 8-bit values,
+  the same whether the pipeline hands over 8-bit values or their uniform dequantization (floor(256 x))."""
+  config = _tiny_vdm_digits()
+  config.eval.update(ode_dequantization="encoder", ode_variables="ddim", rtol=1e-2, atol=1e-2)
+  setup = train.build(config)
+  params = models.init_params(setup.keys.init, setup.model, datasets.data_shape(config))
+  results = []
+  for dequantized in (False, True):
+    config.data.uniform_dequantization = dequantized
+    bpd, nfe = evaluate.bits_per_dim_over_split(jax.random.key(0), config, setup.sde, setup.model, params,
+                                                num_examples=4, batch_size=4)
+    results.append(bpd)
+  assert np.all(np.isfinite(results[0])) and np.all(results[0] > 0) and nfe > 0
+  np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+  config.eval.ode_dequantization = "gaussian"
+  with pytest.raises(ValueError, match="unknown eval.ode_dequantization 'gaussian'"):
+    evaluate.get_logp_fn(config, setup.sde, setup.model)
+
+
 def test_vdm_objective_refuses_dequantized_data():
   config = _tiny_vdm_digits()
   config.data.uniform_dequantization = True
@@ -181,10 +201,10 @@ def test_variance_gradient_is_refused_for_the_discrete_bound():
 
 def test_reconstruction_term_is_the_discrete_likelihood_of_8_bit_values():
   # At high SNR the decoder puts almost all mass on the pixel value; at zero SNR it is uniform over the 256 values.
-  grid = vdm.pixel_grid(lambda u: 2.0 * u - 1.0)
+  grid = likelihood.pixel_grid(lambda u: 2.0 * u - 1.0)
   x = grid[jnp.array([[0, 17, 255]])]
-  sharp = vdm.reconstruction_nll(x, x, jnp.ones(()), jnp.asarray(20.0), grid)
-  flat = vdm.reconstruction_nll(x, x, jnp.ones(()), jnp.asarray(-30.0), grid)
+  sharp = likelihood.grid_decoder_nll(x, x, jnp.ones(()), jnp.asarray(20.0), grid)
+  flat = likelihood.grid_decoder_nll(x, x, jnp.ones(()), jnp.asarray(-30.0), grid)
   np.testing.assert_allclose(sharp, 0.0, atol=1e-4)
   np.testing.assert_allclose(flat, 3 * np.log(256.0), rtol=1e-4)
 

@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.uniform_dequantization = False
   data.random_flip = False  # the paper's headline 2.65 bits/dim is without augmentation
 
+  evaluate = config.eval
+  evaluate.ode_dequantization = "encoder"  # 8-bit data: the forward process at eps is the dequantizer
+  evaluate.ode_variables = "ddim"
+
   model = config.model
   model.name = "unet"
   model.nf = 128

@@ -5,11 +5,13 @@ It evaluates the EMA parameters (--nouse_ema: the raw ones) on the first config.
 examples of the split (--num_examples replaces it; 0: all), with a bar showing batches, running
 bits/dim and score evaluations (NFE).
 The exact likelihood comes from the probability-flow ODE (likelihood.log_likelihood, Hutchinson
-divergence, tolerances config.eval.rtol/atol); --elbo also reports the DDPM variational bound
-(likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model, or for a
-training.objective="vdm" run the model's own VDM bound (score_sde/vdm.py; --elbo_timesteps draws of
-(t, eps), vdm.num_steps; the ODE then runs on dequantized data); --noode --elbo
-computes the bound alone (K network evaluations per example instead of an ODE solve). With
+divergence, tolerances config.eval.rtol/atol, variables config.eval.ode_variables), on uniformly
+dequantized data or, with --ode_dequantization=encoder (config.eval.ode_dequantization; the VDM
+configs' default), through the forward process at eps and the pixel-grid decoder
+(likelihood.encoder_bound_nll), the bound that suits models of 8-bit data; --elbo also reports the
+DDPM variational bound (likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model,
+or for a training.objective="vdm" run the model's own VDM bound (score_sde/vdm.py; --elbo_timesteps
+draws of (t, eps), vdm.num_steps); --noode --elbo computes the bound alone (K network evaluations per example instead of an ODE solve). With
 data.uniform_dequantization each repeat draws new dequantization noise and new probes. Each batch
 is split over all devices of all processes; the noise and probes of batch k depend only on
 (--seed, repeat, k), so any number of processes gives the same result. Several processes: run it
@@ -39,6 +41,11 @@ flags.DEFINE_integer("num_examples", None, "examples of the split to evaluate (d
 flags.DEFINE_integer("num_repeats", 1, "passes over the split, each with fresh dequantization noise and probes")
 flags.DEFINE_integer("batch_size", None, "examples per batch (default: config.eval.batch_size)")
 flags.DEFINE_bool("ode", True, "compute bits/dim through the probability-flow ODE (--noode: the ELBO alone)")
+flags.DEFINE_enum("ode_dequantization", None, ["uniform", "encoder"],
+                  "how the ODE density of 8-bit data is taken (default: config.eval.ode_dequantization): 'uniform' "
+                  "dequantization, or 'encoder': the forward process at eps with the pixel-grid decoder")
+flags.DEFINE_enum("ode_variables", None, ["time", "ddim", "log_snr"],
+                  "variables of the ODE solve (default: config.eval.ode_variables; flow_variables.py)")
 flags.DEFINE_bool("elbo", False, "also compute the DDPM ELBO bound in bits/dim")
 flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
 flags.DEFINE_integer("elbo_timesteps", 64, "Monte-Carlo draws of the chain step per example for --elbo (0: all)")
@@ -62,26 +69,20 @@ def get_elbo_fn(config, sde, model):
 
 
 def get_vdm_elbo_fn(config, sde, model):
-  """Jitted (rng, params, x in [0, 1]) -> the VDM bound on log P(8-bit x) as a model-space log-density [B].
-
-  That density spreads P over each pixel's bin (width scale / 256 in model space), log P - D log(scale / 256),
-  so `likelihood.bits_per_dim` turns it into -log2 P / D. The 8-bit values are floor(256 x) of
-  dequantized data, round(255 x) otherwise; --elbo_timesteps draws of (t, eps) per example.
-  """
+  """Jitted (rng, params, x in [0, 1]) -> the VDM bound on log P(8-bit x) as a model-space log-density [B]
+  (`likelihood.bin_log_density`); --elbo_timesteps draws of (t, eps) per example."""
   scaler = datasets.get_data_scaler(config)
-  grid = vdm.pixel_grid(scaler)
-  bin_width = float(scaler(jnp.ones(())) - scaler(jnp.zeros(()))) / 256.0
-  dequantized = config.data.uniform_dequantization
+  grid = likelihood.pixel_grid(scaler)
 
   @jax.jit
   def elbo_fn(rng, params, x):
-    pixels = jnp.floor(x * 256.0) if dequantized else jnp.round(x * 255.0)
+    pixels = evaluate.eight_bit_values(x, config.data.uniform_dequantization)
     bound = schedules.bind(sde, params)
     score_fn = models.get_score_fn(bound, model, params, train=False)
     bpd = vdm.elbo_bpd(rng, score_fn, bound, scaler(pixels / 255.0), grid=grid, t0=config.training.eps,
                        num_steps=config.vdm.num_steps, num_samples=FLAGS.elbo_timesteps or 1)
     dim = np.prod(x.shape[1:])
-    return -bpd * dim * np.log(2.0) - dim * np.log(bin_width)
+    return likelihood.bin_log_density(-bpd * dim * np.log(2.0), x.shape[1:], scaler)
 
   return elbo_fn
 
@@ -122,8 +123,8 @@ def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int, n
   results = {}
   for repeat in range(FLAGS.num_repeats):
     if config.data.uniform_dequantization:  # fresh noise for each repeat; the seed also draws toy test sets
-      config.unlock()
-      config.seed = FLAGS.seed + repeat
+      with config.unlocked():
+        config.seed = FLAGS.seed + repeat
     batches = evaluate.split_batches(config, FLAGS.split, batch_size, mesh, num_examples)
     outputs = evaluate.map_over_split(jax.random.fold_in(rng, repeat), batch_fn, params, batches, mesh)
     progress = tqdm.tqdm(outputs, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
@@ -149,9 +150,12 @@ def main(argv):
   config, state, step = evaluate.restore_run(common.existing_workdir(FLAGS.workdir), FLAGS.step)
   params = train.evaluation_params(state, FLAGS.use_ema)
   sde, model = sde_lib.get_sde(config), models.get_model(config)
-  if config.training.objective == "vdm" and FLAGS.ode:  # the ODE density needs dequantized data; the bound recovers 8 bits
-    config.unlock()
-    config.data.uniform_dequantization = True
+  if FLAGS.ode:
+    with config.unlocked():
+      config.eval.ode_dequantization = FLAGS.ode_dequantization or config.eval.ode_dequantization
+      config.eval.ode_variables = FLAGS.ode_variables or config.eval.ode_variables
+      if config.eval.ode_dequantization == "uniform" and config.training.objective == "vdm":
+        config.data.uniform_dequantization = True  # a model of 8-bit values; its bounds read them back (floor(256 x))
   batch_size = FLAGS.batch_size or config.eval.batch_size
   num_examples = config.eval.bpd_num_examples if FLAGS.num_examples is None else FLAGS.num_examples
   mesh = parallel.get_mesh()
@@ -161,7 +165,8 @@ def main(argv):
   result = {"workdir": str(FLAGS.workdir), "step": int(step), "split": FLAGS.split, "ema": FLAGS.use_ema,
             "num_repeats": FLAGS.num_repeats}
   if FLAGS.ode:
-    result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol)
+    result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol,
+                  ode_dequantization=config.eval.ode_dequantization, ode_variables=config.eval.ode_variables)
   if FLAGS.elbo:
     steps = config.vdm.num_steps if config.training.objective == "vdm" else FLAGS.elbo_steps
     name = {"dsm": "ddpm_elbo_bpd", "vdm": "vdm_elbo_bpd"}[config.training.objective]
