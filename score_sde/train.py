@@ -325,6 +325,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   and returns the final state. Raises NonFiniteLossError (keeping the checkpoints) when the loss,
   the gradient norm or the parameters stop being finite.
   """
+  if time_limit_s is not None and jax.process_count() > 1:
+    raise ValueError("a training time limit needs a single process: the hosts' clocks would stop them at "
+                     "different steps")
   workdir = pathlib.Path(workdir)
   (workdir / "samples").mkdir(parents=True, exist_ok=True)
   t = config.training

@@ -102,6 +102,14 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_run_exactly(tmp_path, mo
   assert steps == sorted(set(steps)) == list(range(5, 31, 5))  # step 25, logged before the kill, is not repeated
 
 
+def test_time_limit_saves_the_step_it_stops_at_and_a_rerun_resumes_there(tmp_path):
+  config = _tiny_toy(n_iters=30)
+  stopped = train.train_and_evaluate(config, tmp_path, progress=False, time_limit_s=0.0)
+  assert int(stopped.step) == 1 and checkpoint.Checkpointer(tmp_path).latest_step() == 1
+  resumed = train.train_and_evaluate(_tiny_toy(n_iters=3), tmp_path, progress=False, allow_config_change=True)
+  assert int(resumed.step) == 3
+
+
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=2 "
                     "(set by `make test`)")
 def test_two_devices_give_the_loss_curve_of_one():
