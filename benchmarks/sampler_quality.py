@@ -5,7 +5,9 @@ FD-MNIST (Frechet distance of the FD-MNIST classifier's 128-d features, score_sd
 to the training split, and the classifier score (IS over the 10 digit classes, 1 split), with the
 NFE the sampler reports. The floor row is the held-out split (the same number of real images) against
 the training split: no sampler can be expected below it at that sample size. The last line is the
-ratio (best sampler at <= 20 NFE) / (1000-step PC), measured in this run.
+ratio (best sampler at <= 20 NFE) / (1000-step PC), measured in this run. --adaptive_ode adds the
+adaptive probability-flow ODE (Tsit5) at the given variables:tolerance pairs (flow_variables.py), e.g.
+today's default "time:1e-5" against the DDIM variables at looser tolerances.
 
   python scripts/train.py --config configs/mnist/vp_unet.py --workdir runs/mnist_vp \
       --config.data.path=DIR --config.training.n_iters=4000
@@ -70,6 +72,8 @@ def main() -> None:
   parser.add_argument("--nfes", default="10,20,50")
   parser.add_argument("--pc_steps", type=int, default=1000, help="steps of the reference PC sampler (0: skip)")
   parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=list(SAMPLERS), help="rows to run")
+  parser.add_argument("--adaptive_ode", default="", help="comma-separated variables:tolerance pairs of the "
+                      "adaptive ODE sampler, e.g. time:1e-5,ddim:1e-3 (empty: none)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   nfes = [int(n) for n in args.nfes.split(",")]
@@ -105,6 +109,12 @@ def main() -> None:
       if nfe <= 20:
         best_fast = min(best_fast, result["fd"])
     print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+  for pair in filter(None, args.adaptive_ode.split(",")):
+    variables, tolerance = pair.split(":")
+    result, nfe = sample_quality(config, sde, model, state.ema_params, "ode",
+                                 dict(solver="tsit5", rtol=float(tolerance), atol=float(tolerance), variables=variables),
+                                 feature_net, reference, args.num_samples, batch_size, mesh, args.seed)
+    print(f"adaptive ODE (tsit5, {variables} variables, rtol = atol = {tolerance}): {cell(result, nfe)}", flush=True)
   if args.pc_steps:
     pc, nfe = sample_quality(config, sde, model, state.ema_params, "pc",
                              dict(predictor="reverse_diffusion", corrector="langevin", num_steps=args.pc_steps),
