@@ -103,7 +103,8 @@ def test_sample_and_likelihood_name_their_outputs_and_show_progress(tmp_path, to
 def test_sampler_options_come_from_the_config_and_the_overrides():
   config = configs_util.load_config(TOY, ["--config.sampling.num_steps=7", "--config.sampling.solver=euler"])
   assert configs_util.sampler_options(config) == ("ode", {"solver": "euler", "rtol": 1e-4, "atol": 1e-4,
-                                                          "denoise": True, "num_steps": 7})
+                                                          "denoise": True, "num_steps": 7,
+                                                          "variables": "time"})
   method, options = configs_util.sampler_options(config, method="pc", num_steps=None)
   assert method == "pc" and options["num_steps"] == 7 and options["n_steps"] == config.sampling.n_steps_each
   assert options["denoise"] is config.sampling.noise_removal and "solver" not in options
