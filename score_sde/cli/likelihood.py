@@ -11,10 +11,11 @@ configs' default), through the forward process at eps and the pixel-grid decoder
 (likelihood.encoder_bound_nll), the bound that suits models of 8-bit data; --elbo also reports the
 DDPM variational bound (likelihood.ddpm_elbo_bpd), which upper-bounds the bits/dim of the SDE model,
 or for a training.objective="vdm" run the model's own VDM bound (score_sde/vdm.py; --elbo_timesteps
-draws of (t, eps), vdm.num_steps); --noode --elbo computes the bound alone (K network evaluations per example instead of an ODE solve). With
-data.uniform_dequantization each repeat draws new dequantization noise and new probes. Each batch
-is split over all devices of all processes; the noise and probes of batch k depend only on
-(--seed, repeat, k), so any number of processes gives the same result. Several processes: run it
+draws of (t, eps), vdm.num_steps); --noode --elbo computes the bound alone (K network evaluations per
+example instead of an ODE solve). With data.uniform_dequantization each repeat draws new
+dequantization noise and new probes. Each batch is split over all devices of all processes; the
+noise and probes of batch k depend only on (--seed, repeat, k), so any number of processes gives the
+same result. Several processes: run it
 on each with the flags of score_sde/launch.py (--coordinator_address=HOST0:PORT --num_processes=N
 --process_id=I, or --distributed). Process 0 writes the summary to
 <workdir>/eval/bpd_<split>_<step>[_first<num_examples>].json (and prints it) and the per-example
@@ -24,12 +25,11 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import flags
 
-from score_sde import datasets, evaluate, launch, likelihood, models, parallel, schedules, train, vdm
+from score_sde import datasets, evaluate, flow_variables, launch, likelihood, models, parallel, schedules, train, vdm
 from score_sde import sde as sde_lib
 from score_sde.cli import common
 
@@ -41,10 +41,10 @@ flags.DEFINE_integer("num_examples", None, "examples of the split to evaluate (d
 flags.DEFINE_integer("num_repeats", 1, "passes over the split, each with fresh dequantization noise and probes")
 flags.DEFINE_integer("batch_size", None, "examples per batch (default: config.eval.batch_size)")
 flags.DEFINE_bool("ode", True, "compute bits/dim through the probability-flow ODE (--noode: the ELBO alone)")
-flags.DEFINE_enum("ode_dequantization", None, ["uniform", "encoder"],
+flags.DEFINE_enum("ode_dequantization", None, list(evaluate.ODE_DEQUANTIZATIONS),
                   "how the ODE density of 8-bit data is taken (default: config.eval.ode_dequantization): 'uniform' "
                   "dequantization, or 'encoder': the forward process at eps with the pixel-grid decoder")
-flags.DEFINE_enum("ode_variables", None, ["time", "ddim", "log_snr"],
+flags.DEFINE_enum("ode_variables", None, list(flow_variables.VARIABLES),
                   "variables of the ODE solve (default: config.eval.ode_variables; flow_variables.py)")
 flags.DEFINE_bool("elbo", False, "also compute the DDPM ELBO bound in bits/dim")
 flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
