@@ -230,13 +230,14 @@ def encoder_bound_nll(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array,
   dequantization bin, so for it this bound, not `dequantized_bits_per_dim`, measures the ODE model.
   """
   noise_rng, probe_rng = jax.random.split(rng)
-  alpha, sigma = sde.marginal_coeffs(jnp.full((1,), eps, x.dtype))
+  at_eps = jnp.full((1,), eps, x.dtype)
+  alpha, sigma = sde.marginal_coeffs(at_eps)
   noise = jax.random.normal(noise_rng, x.shape, x.dtype)
   z = alpha[0] * x + sigma[0] * noise
   logp, nfe = log_likelihood(probe_rng, score_fn, sde, z, eps=eps, **likelihood_options)
-  dim = math.prod(x.shape[1:])
-  log_q = -0.5 * sde_lib.sum_except_batch(noise**2) - dim * (0.5 * np.log(2.0 * np.pi) + jnp.log(sigma[0]))
-  log_snr = 2.0 * jnp.log(alpha[0] / sigma[0])
+  # log q(z | x) = log N(noise; 0, I) - D log sigma: exact, where z - alpha x would lose the noise to rounding.
+  log_q = discrete.gaussian_log_prob(noise, 0.0, 1.0) - math.prod(x.shape[1:]) * jnp.log(sigma[0])
+  log_snr = 2.0 * sde.marginal_lambda(at_eps)[0]
   return grid_decoder_nll(x, z, alpha[0], log_snr, grid) - logp + log_q, nfe
 
 
