@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 def _choices() -> dict[str, Callable[[], Sequence[str]]]:
   """Dotted field -> allowed values (computed lazily from the registries)."""
   # pylint: disable=import-outside-toplevel
-  from score_sde import datasets, evaluate, flow_variables, losses, models, sampling
+  from score_sde import datasets, evaluate, flow_variables, likelihood, losses, models, sampling
   from score_sde import sde as sde_lib
   from score_sde.sampling import ode, pc
   return {
@@ -40,6 +40,7 @@ def _choices() -> dict[str, Callable[[], Sequence[str]]]:
       "eval.bpd_dataset": lambda: ("train", "test"),
       "eval.ode_variables": lambda: flow_variables.VARIABLES,
       "eval.ode_dequantization": lambda: tuple(evaluate.ODE_DEQUANTIZATIONS),
+      "eval.ode_error_norm": lambda: tuple(likelihood.ERROR_NORMS),
       "optim.optimizer": lambda: tuple(losses.OPTIMIZERS),
   }
 

@@ -70,45 +70,66 @@ def _drift_and_divergence(drift_fn: Callable[[Array], Array], x: Array, probes: 
   return drift, divergence
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "score_fn", "sde", "estimator", "num_probes", "rtol", "atol", "eps", "prior_logp", "max_steps", "variables"))
-def _log_likelihood(rng, x, *, score_fn, sde, estimator, num_probes, rtol, atol, eps, prior_logp,
-                    max_steps, variables):
-  probes, weight = DIVERGENCE_ESTIMATORS[estimator](rng, x, num_probes)
-  if variables != "time":
-    return _scaled_log_likelihood(x, probes, weight, score_fn=score_fn, sde=sde, rtol=rtol, atol=atol, eps=eps,
-                                  prior_logp=prior_logp, max_steps=max_steps, variables=variables)
-  flow = sde.reverse(score_fn, probability_flow=True)
-
-  def vector_field(t, state, args):
-    del args
-    y, _ = state
-    return _drift_and_divergence(lambda y: flow.sde(y, jnp.full(y.shape[:1], t, y.dtype))[0], y, probes, weight)
-
-  # Forward in time, eps -> T: the state at T is (x(T), int_eps^T div f~ dt). Adaptive Tsit5 with
-  # diffrax's first step; nfe counted as for the samplers (`ode.SOLVERS`).
-  (x_end, integral), nfe = ode.integrate(vector_field, (x, jnp.zeros(x.shape[:1], x.dtype)), eps, sde.T, "tsit5",
-                                         rtol, atol, None, max_steps)
-  return prior_logp(x_end) + integral, nfe
+def _batch_rms_norm(scaled_error) -> Array:
+  """RMS of all scaled error components of the batch together (diffrax's default norm): an example's
+  error is diluted by its batch mates', and its log-density, one number, by its D state components."""
+  leaves = jax.tree.leaves(scaled_error)
+  return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in leaves) / sum(leaf.size for leaf in leaves))
 
 
-def _scaled_log_likelihood(x, probes, weight, *, score_fn, sde, rtol, atol, eps, prior_logp, max_steps,
-                           variables):
-  """log p_eps(x) solved for y = x / alpha against tau (`flow_variables`), eps -> T.
+def _per_example_norm(scaled_error) -> Array:
+  """max over examples of max(RMS of the example's scaled state errors, |its scaled log-density error|):
+  each example's state and log-density (carried in nats per dimension) stay within rtol/atol, whatever
+  its batch mates do."""
+  state, log_density = scaled_error
+  state_rms = jnp.sqrt(jnp.mean(jnp.reshape(state, (state.shape[0], -1))**2, axis=1))
+  return jnp.max(jnp.maximum(state_rms, jnp.abs(log_density)))
 
-  log p_eps(x) = prior_logp(alpha_T y_T) + D log(alpha_T / alpha_eps) + int_{tau_eps}^{tau_T} div_y (dy/dtau) dtau.
+
+# Step-size control of the likelihood solve: the norm of the error scaled by atol + rtol |state|.
+ERROR_NORMS = {"batch_rms": _batch_rms_norm, "per_example": _per_example_norm}
+
+
+def _solve_with_divergence(field: Callable[[Array, Array], Array], y0: Array, tau0, tau1, probes: Array, weight: float,
+                           *, rtol: float, atol: float, max_steps: int, error_norm: str) -> tuple[Array, Array, Array]:
+  """(y(tau1), int_tau0^tau1 div_y field dtau [B] in nats, NFE) along dy/dtau = field(tau, y), adaptive Tsit5.
+
+  The divergence integral is carried in nats per dimension (divided by D = y[0].size), the scale on
+  which atol and rtol bound its error under the "per_example" norm.
   """
-  field = flow_variables.vector_field(score_fn, sde, variables)
-  tau_eps, alpha_eps = flow_variables.endpoint(sde, variables, eps, x.dtype)
-  tau_end, alpha_end = flow_variables.endpoint(sde, variables, sde.T, x.dtype)
+  dim = math.prod(y0.shape[1:])
 
   def vector_field(tau, state, args):
     del args
-    y, _ = state
-    return _drift_and_divergence(lambda y: field(tau, y), y, probes, weight)
+    drift, divergence = _drift_and_divergence(lambda y: field(tau, y), state[0], probes, weight)
+    return drift, divergence / dim
 
-  (y_end, integral), nfe = ode.integrate(vector_field, (x / alpha_eps, jnp.zeros(x.shape[:1], x.dtype)), tau_eps,
-                                         tau_end, "tsit5", rtol, atol, None, max_steps)
+  (y1, integral), nfe = ode.integrate(vector_field, (y0, jnp.zeros(y0.shape[:1], y0.dtype)), tau0, tau1, "tsit5",
+                                      rtol, atol, None, max_steps, norm=ERROR_NORMS[error_norm])
+  return y1, dim * integral, nfe
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "score_fn", "sde", "estimator", "num_probes", "rtol", "atol", "eps", "prior_logp", "max_steps", "variables",
+    "error_norm"))
+def _log_likelihood(rng, x, *, score_fn, sde, estimator, num_probes, rtol, atol, eps, prior_logp,
+                    max_steps, variables, error_norm):
+  """log p_eps(x) for y = x / alpha solved against tau (`flow_variables`; y = x, tau = t for "time"), eps -> T:
+
+  log p_eps(x) = prior_logp(alpha_T y_T) + D log(alpha_T / alpha_eps) + int_{tau_eps}^{tau_T} div_y (dy/dtau) dtau.
+  """
+  probes, weight = DIVERGENCE_ESTIMATORS[estimator](rng, x, num_probes)
+  if variables == "time":
+    flow = sde.reverse(score_fn, probability_flow=True)
+    y_end, integral, nfe = _solve_with_divergence(
+        lambda t, y: flow.sde(y, jnp.full(y.shape[:1], t, y.dtype))[0], x, eps, sde.T, probes, weight,
+        rtol=rtol, atol=atol, max_steps=max_steps, error_norm=error_norm)
+    return prior_logp(y_end) + integral, nfe
+  field = flow_variables.vector_field(score_fn, sde, variables)
+  tau_eps, alpha_eps = flow_variables.endpoint(sde, variables, eps, x.dtype)
+  tau_end, alpha_end = flow_variables.endpoint(sde, variables, sde.T, x.dtype)
+  y_end, integral, nfe = _solve_with_divergence(field, x / alpha_eps, tau_eps, tau_end, probes, weight, rtol=rtol,
+                                                atol=atol, max_steps=max_steps, error_norm=error_norm)
   dim = math.prod(x.shape[1:])
   return prior_logp(alpha_end * y_end) + dim * jnp.log(alpha_end / alpha_eps) + integral, nfe
 
@@ -116,15 +137,16 @@ def _scaled_log_likelihood(x, probes, weight, *, score_fn, sde, rtol, atol, eps,
 def log_likelihood(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, estimator: str = "rademacher",
                    rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5, *, num_probes: int = 1,
                    prior_logp: PriorLogp | None = None, max_steps: int = 4096,
-                   variables: str = "time") -> tuple[Array, Array]:
+                   variables: str = "time", error_norm: str = "batch_rms") -> tuple[Array, Array]:
   """log p_eps(x) in nats, shape [B], of the probability-flow model at x [B, ...] in model space.
 
   log p_eps(x) = prior_logp(x(T)) + int_eps^T div f~(x(t), t) dt with f~ = f - g^2 s / 2 (THEORY.md §5):
   x is taken to be a sample at time eps and carried up to T together with the divergence integral
-  (Tsit5, PIDController(rtol, atol)). With the exact score and prior_logp = log p_T this is exactly
-  log p_eps(x), the log-density of the data perturbed to time eps; with the default prior it is the
-  likelihood of the model started from N(0, prior_std^2 I), off by log pi(x(T)) - log p_T(x(T)).
-  The batch is solved jointly: one step-size sequence, controlled on the RMS error of all samples.
+  (Tsit5, PIDController(rtol, atol, norm=ERROR_NORMS[error_norm])). With the exact score and
+  prior_logp = log p_T this is exactly log p_eps(x), the log-density of the data perturbed to time eps;
+  with the default prior it is the likelihood of the model started from N(0, prior_std^2 I), off by
+  log pi(x(T)) - log p_T(x(T)).
+  The batch is solved jointly: one step-size sequence, controlled by `error_norm` (see ERROR_NORMS).
 
   Args:
     estimator: a key of DIVERGENCE_ESTIMATORS. Random probes are drawn once and kept fixed along
@@ -136,6 +158,8 @@ def log_likelihood(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, es
     variables: a key of `flow_variables.VARIABLES`: "time" solves x against t; "log_snr" and "ddim"
       solve y = x / alpha_t against log(sigma_t / alpha_t) or sigma_t / alpha_t, where the flow is
       nearly linear (same log-density, fewer steps for the same tolerance on trained models).
+    error_norm: a key of ERROR_NORMS: "batch_rms" controls the RMS error of the whole batch;
+      "per_example" the worst example's state and its log-density in nats per dimension.
   Returns:
     (logp [B], nfe): nfe is the number of score (and field) evaluations of the solve.
   """
@@ -146,9 +170,12 @@ def log_likelihood(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, es
   if not 0.0 < eps < sde.T:
     raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
   flow_variables.check(variables)
+  if error_norm not in ERROR_NORMS:
+    raise ValueError(f"unknown error_norm {error_norm!r}; choose from {sorted(ERROR_NORMS)}")
   return _log_likelihood(
       rng, x, score_fn=score_fn, sde=sde, estimator=estimator, num_probes=num_probes, rtol=rtol,
-      atol=atol, eps=eps, prior_logp=prior_logp or sde.prior_logp, max_steps=max_steps, variables=variables)
+      atol=atol, eps=eps, prior_logp=prior_logp or sde.prior_logp, max_steps=max_steps, variables=variables,
+      error_norm=error_norm)
 
 
 def _log2_scale(inverse_scaler: Callable[[Array], Array], event_shape: tuple[int, ...]) -> Array:

@@ -5,7 +5,8 @@ It evaluates the EMA parameters (--nouse_ema: the raw ones) on the first config.
 examples of the split (--num_examples replaces it; 0: all), with a bar showing batches, running
 bits/dim and score evaluations (NFE).
 The exact likelihood comes from the probability-flow ODE (likelihood.log_likelihood, Hutchinson
-divergence, tolerances config.eval.rtol/atol, variables config.eval.ode_variables), on uniformly
+divergence, tolerances config.eval.rtol/atol, variables config.eval.ode_variables, step-size control
+config.eval.ode_error_norm), on uniformly
 dequantized data or, with --ode_dequantization=encoder (config.eval.ode_dequantization; the VDM
 configs' default), through the forward process at eps and the pixel-grid decoder
 (likelihood.encoder_bound_nll), the bound that suits models of 8-bit data; --elbo also reports the
@@ -46,6 +47,9 @@ flags.DEFINE_enum("ode_dequantization", None, list(evaluate.ODE_DEQUANTIZATIONS)
                   "dequantization, or 'encoder': the forward process at eps with the pixel-grid decoder")
 flags.DEFINE_enum("ode_variables", None, list(flow_variables.VARIABLES),
                   "variables of the ODE solve (default: config.eval.ode_variables; flow_variables.py)")
+flags.DEFINE_enum("ode_error_norm", None, list(likelihood.ERROR_NORMS),
+                  "step-size control of the ODE solve (default: config.eval.ode_error_norm): 'batch_rms' error of "
+                  "the whole batch, or 'per_example': each example's state and log-density to the tolerance")
 flags.DEFINE_bool("elbo", False, "also compute the DDPM ELBO bound in bits/dim")
 flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
 flags.DEFINE_integer("elbo_timesteps", 64, "Monte-Carlo draws of the chain step per example for --elbo (0: all)")
@@ -154,6 +158,7 @@ def main(argv):
     with config.unlocked():
       config.eval.ode_dequantization = FLAGS.ode_dequantization or config.eval.ode_dequantization
       config.eval.ode_variables = FLAGS.ode_variables or config.eval.ode_variables
+      config.eval.ode_error_norm = FLAGS.ode_error_norm or config.eval.ode_error_norm
       if config.eval.ode_dequantization == "uniform" and config.training.objective == "vdm":
         config.data.uniform_dequantization = True  # a model of 8-bit values; its bounds read them back (floor(256 x))
   batch_size = FLAGS.batch_size or config.eval.batch_size
@@ -166,7 +171,8 @@ def main(argv):
             "num_repeats": FLAGS.num_repeats}
   if FLAGS.ode:
     result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol,
-                  ode_dequantization=config.eval.ode_dequantization, ode_variables=config.eval.ode_variables)
+                  ode_dequantization=config.eval.ode_dequantization, ode_variables=config.eval.ode_variables,
+                  ode_error_norm=config.eval.ode_error_norm)
   if FLAGS.elbo:
     steps = config.vdm.num_steps if config.training.objective == "vdm" else FLAGS.elbo_steps
     name = {"dsm": "ddpm_elbo_bpd", "vdm": "vdm_elbo_bpd"}[config.training.objective]
