@@ -87,7 +87,9 @@ def test_every_expected_error_is_one_line_and_leaves_nothing_behind(tmp_path, to
 @pytest.mark.slow  # ~20 s on two busy cores
 def test_sample_and_likelihood_name_their_outputs_and_show_progress(tmp_path, toy_run):
   workdir = shutil.copytree(toy_run, tmp_path / "run")
-  sample = _program("sample", f"--workdir={workdir}", "--num=4", "--method=pc", "--num_steps=3", "--seed=7")
+  cache = tmp_path / "cache"  # every compiled program goes there, however fast it compiled
+  sample = _program("sample", f"--workdir={workdir}", "--num=4", "--method=pc", "--num_steps=3", "--seed=7",
+                    f"--compilation_cache={cache}", env={**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   bpd = _program("likelihood", f"--workdir={workdir}", "--num_examples=4", "--batch_size=4", "--step=2")
   for process in (sample, bpd):
     _, stderr = process.communicate(timeout=TIMEOUT_S)
@@ -98,6 +100,7 @@ def test_sample_and_likelihood_name_their_outputs_and_show_progress(tmp_path, to
   assert sorted(p.name for p in (workdir / "samples_cli").iterdir()) == [f"{name}.npz", f"{name}.png"]
   assert np.load(workdir / "samples_cli" / f"{name}.npz")["samples"].shape == (4, 2)
   assert json.loads((workdir / "eval" / "bpd_test_2_first4.json").read_text())["ode_bpd"]["num_examples"] == 4
+  assert any(cache.iterdir())
 
 
 def test_sampler_options_come_from_the_config_and_the_overrides():

@@ -1,13 +1,15 @@
 """What every command-line program shares: one-line errors, quiet logs, checkpoint flags, run().
 
 `run(main, flag_values)` parses the flags (a config file, its `--config.*` overrides and every
-other flag are checked before `main` runs), silences INFO logs unless --verbose, and turns the
-errors a user can cause (`expected_errors()`) into one line on stderr and exit code 1 (with
---verbose, the traceback too: a ValueError may also come from a bug).
+other flag are checked before `main` runs), silences INFO logs unless --verbose, turns on JAX's
+persistent compilation cache (--compilation_cache), and turns the errors a user can cause
+(`expected_errors()`) into one line on stderr and exit code 1 (with --verbose, the traceback too: a
+ValueError may also come from a bug).
 """
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import sys
 from typing import Callable, Sequence
@@ -29,6 +31,32 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 def define_verbose_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("verbose", False, "show the INFO logs of absl, orbax and JAX (default: warnings only) and the "
                     "traceback of an error", flag_values=flag_values)
+
+
+def default_compilation_cache() -> str:
+  """$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/score_sde/jax (~/.cache/score_sde/jax)."""
+  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_home, "score_sde", "jax")
+
+
+def define_compilation_cache_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_string("compilation_cache", default_compilation_cache(), "directory of JAX's persistent compilation "
+                      "cache: a rerun with the same shapes (a resumed run, the next script on a checkpoint) loads its "
+                      "compiled programs instead of compiling them again; '' turns it off", flag_values=flag_values)
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Compiled programs that took >= 1 s to compile (jax_persistent_cache_min_compile_time_secs) go to `directory`.
+
+  Through the environment when JAX is not imported yet (sweep, which imports no JAX, hands it on to the
+  runs it starts), else through jax.config."""
+  directory = os.path.expanduser(directory) if directory else None
+  if directory:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+  else:
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  if "jax" in sys.modules:
+    sys.modules["jax"].config.update("jax_compilation_cache_dir", directory)
 
 
 def define_checkpoint_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -91,6 +119,7 @@ def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = f
 
   def guarded_main(argv: Sequence[str]) -> None:
     quiet_logs(flag_values.verbose)
+    use_compilation_cache(flag_values.compilation_cache)
     try:
       main(argv)
     except Exception as e:  # pylint: disable=broad-except  (re-raised below unless expected)
@@ -98,6 +127,8 @@ def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = f
         raise
       sys.exit(f"{pathlib.Path(sys.argv[0]).name}: error: {one_line(e)}")
 
+  if "compilation_cache" not in flag_values:
+    define_compilation_cache_flag(flag_values)
   _list_in_help(flag_values)
   app.run(guarded_main, flags_parser=lambda argv: configs_util.parse_config_flags(argv, flag_values))
 
