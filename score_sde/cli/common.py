@@ -41,8 +41,9 @@ def default_compilation_cache() -> str:
 
 def define_compilation_cache_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("compilation_cache", default_compilation_cache(), "directory of JAX's persistent compilation "
-                      "cache: a rerun with the same shapes (a resumed run, the next script on a checkpoint) loads its "
-                      "compiled programs instead of compiling them again; '' turns it off", flag_values=flag_values)
+                      "cache: a rerun with the same shapes (a resumed or repeated run) loads its compiled programs "
+                      "instead of compiling them again (not those with host callbacks: the solves behind progress "
+                      "bars); '' turns it off", flag_values=flag_values)
 
 
 def use_compilation_cache(directory: str) -> None:
