@@ -123,7 +123,8 @@ def main() -> None:
                              dict(predictor="reverse_diffusion", corrector="langevin", num_steps=args.pc_steps),
                              feature_net, reference, args.num_samples, batch_size, mesh, args.seed)
     print(f"\nPC (reverse diffusion + Langevin, {args.pc_steps} steps): {cell(pc, nfe)}")
-    print(f"best FD-MNIST at <= 20 NFE / PC's: {best_fast / pc['fd']:.3f}")
+    if np.isfinite(best_fast):
+      print(f"best FD-MNIST at <= 20 NFE / PC's: {best_fast / pc['fd']:.3f}")
   print(f"\ncells: FD-MNIST / classifier IS (NFE per sample); {time.time() - start:.0f} s")
 
 
