@@ -18,6 +18,7 @@ setup(
         "ml_collections>=1.0,<2",
         "diffrax>=0.7,<0.8",
         "lineax>=0.0.8,<0.2",
+        "optimistix>=0.0.10,<0.2",
         "numpy>=1.26,<3",
         "pillow>=10,<14",
         "tqdm>=4.60,<5",

@@ -18,6 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 
 from score_sde import datasets, discrete, flow_variables
 from score_sde import sde as sde_lib
@@ -70,13 +71,6 @@ def _drift_and_divergence(drift_fn: Callable[[Array], Array], x: Array, probes: 
   return drift, divergence
 
 
-def _batch_rms_norm(scaled_error) -> Array:
-  """RMS of all scaled error components of the batch together (diffrax's default norm): an example's
-  error is diluted by its batch mates', and its log-density, one number, by its D state components."""
-  leaves = jax.tree.leaves(scaled_error)
-  return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in leaves) / sum(leaf.size for leaf in leaves))
-
-
 def _per_example_norm(scaled_error) -> Array:
   """max over examples of max(RMS of the example's scaled state errors, |its scaled log-density error|):
   each example's state and log-density (carried in nats per dimension) stay within rtol/atol, whatever
@@ -86,8 +80,10 @@ def _per_example_norm(scaled_error) -> Array:
   return jnp.max(jnp.maximum(state_rms, jnp.abs(log_density)))
 
 
-# Step-size control of the likelihood solve: the norm of the error scaled by atol + rtol |state|.
-ERROR_NORMS = {"batch_rms": _batch_rms_norm, "per_example": _per_example_norm}
+# Step-size control of the likelihood solve: the norm of the error scaled by atol + rtol |state|. "batch_rms" is
+# diffrax's default, the RMS of all components of the batch together: an example's error is diluted by its batch
+# mates', and its log-density, one number, by its D state components.
+ERROR_NORMS = {"batch_rms": optx.rms_norm, "per_example": _per_example_norm}
 
 
 def _solve_with_divergence(field: Callable[[Array, Array], Array], y0: Array, tau0, tau1, probes: Array, weight: float,

@@ -12,6 +12,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 
 from score_sde import flow_variables
 from score_sde import sde as sde_lib
@@ -72,12 +73,12 @@ def progress_meter(progress: utils.Progress | None, num_steps) -> diffrax.Abstra
 
 def integrate(vector_field, y0, t0: float, t1: float, solver: str, rtol: float, atol: float,
               num_steps: int | None, max_steps: int, progress: utils.Progress | None = None,
-              first_step: float | None = None, norm: Callable[[Any], Array] | None = None):
+              first_step: float | None = None, norm: Callable[[Any], Array] = optx.rms_norm):
   """y(t1) from y(t0) (any pytree) along dy/dt = vector_field(t, y, args) in one diffeqsolve, and the
   field evaluations: `stages` per step attempt, + 1 for FSAL solvers (Tsit5, Dopri5).
 
   Adaptive (PIDController(rtol, atol, norm); first step `first_step`, or diffrax's choice when None;
-  norm of the error scaled by atol + rtol |y|, diffrax's RMS over all components when None) when
+  `norm` of the error scaled by atol + rtol |y|, by default diffrax's RMS over all components) when
   num_steps is None, else num_steps constant steps. progress: see `StepProgress`.
   """
   if solver not in SOLVERS:
@@ -86,8 +87,7 @@ def integrate(vector_field, y0, t0: float, t1: float, solver: str, rtol: float, 
   if num_steps is None:
     if solver == "euler":
       raise ValueError("solver 'euler' has no error estimate for adaptive stepping; give num_steps")
-    norm_option = {} if norm is None else {"norm": norm}
-    controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol, **norm_option), first_step
+    controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm), first_step
   else:
     controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
   sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), spec.solver(), t0=t0, t1=t1, dt0=dt0, y0=y0,
