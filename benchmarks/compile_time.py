@@ -17,25 +17,20 @@ import sys
 import tempfile
 import time
 
+import train_step_case
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _worker(name: str, nf: int | None, batch: int, cache: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
   sys.path.insert(0, str(ROOT))
-  from score_sde import configs_util, datasets, train  # pylint: disable=import-outside-toplevel
-  overrides = [f"--config.training.batch_size={batch}"] + ([f"--config.model.nf={nf}"] if nf else [])
-  config = configs_util.load_config(str(ROOT / f"configs/cifar10/{name}.py"), overrides)
   tic = time.perf_counter()
-  setup = train.build(config, jax.devices()[:1])
-  state = jax.block_until_ready(train.init_state(config, setup))
-  train_step, _ = train.get_step_fns(config, setup)
+  _, setup, train_step, state, batch_arrays = train_step_case.build(ROOT, f"cifar10/{name}", nf, batch)
+  jax.block_until_ready(state)
   init_s = time.perf_counter() - tic
-  images = np.random.default_rng(0).uniform(0.0, 1.0, (batch,) + datasets.data_shape(config)).astype(np.float32)
-  batch_arrays = train.shard_batch({"image": images, "label": np.zeros(batch, np.int32)}, setup.mesh)
   tic = time.perf_counter()
   _, metrics = train_step(state, batch_arrays, setup.keys.train)
   jax.block_until_ready(metrics)
@@ -48,11 +43,6 @@ def _run_worker(case: str, batch: int, cache: str) -> dict:
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _parse_case(case: str) -> tuple[str, int | None]:
-  name, _, nf = case.partition(":")
-  return name, int(nf) if nf else None
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cases", default="vp_ddpmpp_continuous,ve_ncsnpp_continuous:32")
@@ -61,7 +51,7 @@ def main() -> None:
   parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    _worker(*_parse_case(args.worker), args.batch, args.cache)
+    _worker(*train_step_case.parse_case(args.worker), args.batch, args.cache)
     return
   print(f"load average {os.getloadavg()[0]:.2f}")
   print("| case | cache | state (s) | first step (s) | start-up / uncached |")

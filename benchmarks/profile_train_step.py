@@ -22,10 +22,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax._src.lib import _profile_data  # noqa: E402
 
+import train_step_case  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-from score_sde import configs_util, datasets, train  # noqa: E402
 
 
 def op_kinds(hlo: str) -> dict[str, str]:
@@ -58,13 +58,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--steps", type=int, default=2)
   args = parser.parse_args()
-  overrides = [f"--config.training.batch_size={args.batch}"] + ([f"--config.model.nf={args.nf}"] if args.nf else [])
-  config = configs_util.load_config(str(ROOT / f"configs/{args.config}.py"), overrides)
-  setup = train.build(config, jax.devices()[:1])
-  step, _ = train.get_step_fns(config, setup)
-  images = np.random.default_rng(0).uniform(0, 1, (args.batch,) + datasets.data_shape(config)).astype(np.float32)
-  batch = train.shard_batch({"image": images, "label": np.zeros(args.batch, np.int32)}, setup.mesh)
-  state = train.init_state(config, setup)
+  config, setup, step, state, batch = train_step_case.build(ROOT, args.config, args.nf or None, args.batch)
   kinds = op_kinds(step.lower(state, batch, setup.keys.train).compile().as_text())
   state, metrics = step(state, batch, setup.keys.train)
   jax.block_until_ready(metrics)

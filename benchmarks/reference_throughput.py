@@ -27,6 +27,8 @@ import sys
 import time
 import types
 
+import train_step_case
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_CONFIGS = {  # our configs/cifar10/NAME.py -> the reference's configs/PATH
     "ve_ncsnpp_continuous": "ve/cifar10_ncsnpp_continuous.py",
@@ -51,19 +53,11 @@ def _serve(step, first_step_seconds: float, num_params: int) -> None:
 
 def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, str(root))
-  from score_sde import configs_util, datasets, train  # pylint: disable=import-outside-toplevel
+  _, setup, train_step, state, batch_arrays = train_step_case.build(root, f"cifar10/{name}", nf, batch)
+  from score_sde import train  # pylint: disable=import-outside-toplevel
   if not pathlib.Path(train.__file__).resolve().is_relative_to(root.resolve()):
     raise RuntimeError(f"imported {train.__file__}, not the checkout {root}")
-  overrides = [f"--config.training.batch_size={batch}"] + ([f"--config.model.nf={nf}"] if nf else [])
-  config = configs_util.load_config(str(root / f"configs/cifar10/{name}.py"), overrides)
-  setup = train.build(config, jax.devices()[:1])
-  state = train.init_state(config, setup)
-  train_step, _ = train.get_step_fns(config, setup)
-  shape = (batch,) + datasets.data_shape(config)
-  images = np.random.default_rng(0).uniform(0.0, 1.0, shape).astype(np.float32)
-  batch_arrays = train.shard_batch({"image": images, "label": np.zeros(batch, np.int32)}, setup.mesh)
   holder = {"state": state, "k": 0}
 
   def step():
@@ -157,10 +151,10 @@ class Worker:
 
 
 def _parse_case(case: str) -> tuple[str, int | None]:
-  name, _, nf = case.partition(":")
+  name, nf = train_step_case.parse_case(case)
   if name not in REFERENCE_CONFIGS:
     raise ValueError(f"unknown case {name!r}; choose from {sorted(REFERENCE_CONFIGS)}")
-  return name, int(nf) if nf else None
+  return name, nf
 
 
 def main():
