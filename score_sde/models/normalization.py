@@ -1,6 +1,7 @@
 """Feature normalizations selected by `config.model.normalization` (channels are known at call time)."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import flax.linen as nn
@@ -38,20 +39,57 @@ class InstanceNormPlus(nn.Module):
     return (gamma * h + beta).astype(self.dtype)
 
 
+class GroupNorm(nn.Module):
+  """Group normalization (Wu & He 2018) of channels-last inputs, with flax nn.GroupNorm's parameters.
+
+  With mu and var the mean and variance of x over the positions and the channels of a group (per example),
+  out_c = (x_c - mu) / sqrt(var + epsilon) * scale_c + bias_c, var = E[x^2] - mu^2 as nn.GroupNorm computes it.
+  Written for XLA:CPU: the statistics are per-channel sums over the positions folded into groups, and the
+  normalization one affine map per (example, channel), so the backward pass is two per-channel reductions and
+  one elementwise map; a training step of DDPM++ runs ~6% faster than with nn.GroupNorm
+  (`benchmarks/layer_speed.py`).
+  """
+
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    batch, channels = x.shape[0], x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(f"GroupNorm: {channels} channels do not split into {self.num_groups} groups")
+    group_size = channels // self.num_groups
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    x = x.astype(jnp.float32)
+    positions = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[1:-1]) * group_size
+
+    def group_mean(values: Array) -> Array:  # [B, ..., C] -> [B, C]: the mean over each channel's group
+      sums = jnp.sum(values, axis=positions).reshape(batch, self.num_groups, group_size).sum(-1)
+      return jnp.repeat(sums / count, group_size, axis=1)
+
+    mean = group_mean(x)
+    var = jnp.maximum(group_mean(jnp.square(x)) - jnp.square(mean), 0.0)
+    per_channel = (batch,) + (1,) * len(positions) + (channels,)
+    gain = (jax.lax.rsqrt(var + self.epsilon) * scale).reshape(per_channel)
+    return ((x - mean.reshape(per_channel)) * gain + bias).astype(self.dtype)
+
+
 def _group_norm(x: Array, dtype: jnp.dtype) -> Array:
   """GroupNorm with min(C / 4, 32) groups, as in DDPM / NCSN++."""
-  groups = max(1, min(x.shape[-1] // 4, 32))
-  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32)(x)
+  return GroupNorm(num_groups=max(1, min(x.shape[-1] // 4, 32)), dtype=dtype)(x)
 
 
 def _group_norm_32(x: Array, dtype: jnp.dtype) -> Array:
   """GroupNorm with 32 groups (min(C, 32)), as Ho et al.'s DDPM and score_sde's port of it."""
-  return nn.GroupNorm(num_groups=min(x.shape[-1], 32), epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32)(x)
+  return GroupNorm(num_groups=min(x.shape[-1], 32), dtype=dtype)(x)
 
 
 def _instance_norm(x: Array, dtype: jnp.dtype) -> Array:
   """Per-sample, per-channel normalization over H, W with a learned affine map."""
-  return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32)(x)
+  return GroupNorm(num_groups=x.shape[-1], epsilon=1e-5, dtype=dtype)(x)
 
 
 NORMALIZATIONS: dict[str, Callable[[Array, jnp.dtype], Array]] = {

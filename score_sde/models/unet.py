@@ -13,15 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.models import layers
+from score_sde.models import layers, normalization
 from score_sde.models.registry import register_model
 
 Array = jax.Array
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
+def _group_norm(channels: int) -> normalization.GroupNorm:
   """GroupNorm with up to 32 groups of at least 4 channels."""
-  return nn.GroupNorm(num_groups=max(1, min(32, channels // 4)))
+  return normalization.GroupNorm(num_groups=max(1, min(32, channels // 4)))
 
 
 class ResBlock(nn.Module):
