@@ -11,7 +11,7 @@ setup(
     package_data={"configs": ["*/*.py"]},
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.7,<0.11",
+        "jax>=0.8,<0.11",  # 0.8: XLA:CPU's YNNPACK fusion options (train.CPU_COMPILER_OPTIONS)
         "flax>=0.11,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",

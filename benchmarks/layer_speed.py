@@ -1,0 +1,124 @@
+"""Layers of the score networks as XLA:CPU runs them: ours against the plain Flax / lax form.
+
+python benchmarks/layer_speed.py [--repeats 15] [--step cifar10/vp_ddpmpp_continuous[:NF] --steps 6]
+
+Per layer and shape (batch 8, the shapes of DDPM++ / NCSN++ on CIFAR-10), the median wall time of the jitted
+forward pass and of forward + backward (gradients with respect to the input and the parameters), alternating
+the two forms in one run, and their ratio (ours / plain; below 1 is faster):
+- GroupNorm + swish: `normalization.GroupNorm` against `flax.linen.GroupNorm`;
+- 1x1 convolution: `layers.pointwise_conv` (a matrix product over the channels) against
+  `lax.conv_general_dilated`.
+Both forms compute the same function; the largest difference of their outputs is printed too.
+
+--step CASE: the jitted training step of configs/CASE.py (batch 8, model.nf overridden by ':NF') compiled
+twice in one process, with XLA:CPU's convolutions as the training step has them (`train.CPU_COMPILER_OPTIONS`:
+XLA's own) and with XLA's default (YNNPACK), alternating single steps: median s/step and the ratio.
+"""
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from score_sde.models import layers, normalization  # noqa: E402
+
+import train_step_case  # noqa: E402
+
+# XLA:CPU's default YNNPACK fusions (jaxlib 0.10): `train.CPU_COMPILER_OPTIONS` less convolutions.
+XLA_DEFAULT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def _group_norm_case(module_cls, shape):
+  channels = shape[-1]
+  module = module_cls(num_groups=min(channels // 4, 32))
+  x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 0.5
+  params = module.init(jax.random.key(1), x)
+  return lambda p, x: nn.swish(module.apply(p, x)), params, x
+
+
+def _pointwise_case(conv_fn, shape, out_channels):
+  x = jax.random.normal(jax.random.key(0), shape)
+  kernel = jax.random.normal(jax.random.key(1), (1, 1, shape[-1], out_channels)) / np.sqrt(shape[-1])
+  dimension_numbers = ("NHWC", "HWIO", "NHWC")
+  return lambda w, x: conv_fn(x, w, (1, 1), "SAME", dimension_numbers=dimension_numbers), kernel, x
+
+
+def _timed(fn, args, repeats: int, out: list[float]) -> None:
+  jax.block_until_ready(fn(*args))
+  for _ in range(repeats):
+    tic = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    out.append(time.perf_counter() - tic)
+
+
+def compare(name: str, ours, plain, repeats: int) -> None:
+  """Prints forward and forward + backward medians of (apply, params, x) cases `ours` and `plain`."""
+  rows = {}
+  for label, (apply, params, x) in (("ours", ours), ("plain", plain)):
+    loss = lambda p, x, apply=apply: jnp.sum(apply(p, x) ** 2)
+    rows[label] = (jax.jit(apply), jax.jit(jax.grad(loss, argnums=(0, 1))), params, x)
+  difference = float(jnp.max(jnp.abs(rows["ours"][0](*rows["ours"][2:]) - rows["plain"][0](*rows["plain"][2:]))))
+  times = {(label, kind): [] for label in rows for kind in ("fwd", "fwd+bwd")}
+  for _ in range(3):  # alternate the two forms
+    for label, (forward, gradient, params, x) in rows.items():
+      _timed(forward, (params, x), repeats, times[(label, "fwd")])
+      _timed(gradient, (params, x), repeats, times[(label, "fwd+bwd")])
+  median = {key: statistics.median(value) * 1e3 for key, value in times.items()}
+  print(f"| {name} | {median[('plain', 'fwd')]:.2f} | {median[('ours', 'fwd')]:.2f} | "
+        f"{median[('ours', 'fwd')] / median[('plain', 'fwd')]:.2f} | {median[('plain', 'fwd+bwd')]:.2f} | "
+        f"{median[('ours', 'fwd+bwd')]:.2f} | {median[('ours', 'fwd+bwd')] / median[('plain', 'fwd+bwd')]:.2f} | "
+        f"{difference:.1e} |", flush=True)
+
+
+def compare_steps(case: str, steps: int) -> None:
+  """Median s/step of the training step of `case` compiled with the step's XLA options and XLA's defaults."""
+  name, nf = train_step_case.parse_case(case)
+  _, setup, step, state, batch = train_step_case.build(ROOT, name, nf, 8)
+  lowered = step.lower(state, batch, setup.keys.train)
+  sides = {"ours (Eigen convolutions)": [lowered.compile(), jax.tree.map(jnp.copy, state)],
+           "XLA default (YNNPACK)": [lowered.compile(compiler_options=XLA_DEFAULT_OPTIONS), state]}
+  times = {label: [] for label in sides}
+  for k in range(steps + 1):
+    for label, side in sides.items():
+      tic = time.perf_counter()
+      side[1], metrics = side[0](side[1], batch, jax.random.fold_in(setup.keys.train, k))
+      jax.block_until_ready(metrics)
+      if k:  # the first call of each warms up
+        times[label].append(time.perf_counter() - tic)
+  base = statistics.median(times["XLA default (YNNPACK)"])
+  print(f"{case}, batch 8, {steps} steps each, alternating; load average {os.getloadavg()[0]:.2f}")
+  for label, values in times.items():
+    print(f"  {label:28s} {statistics.median(values):.3f} s/step, ratio {statistics.median(values) / base:.3f}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--repeats", type=int, default=15)
+  parser.add_argument("--step", default="", help="also compare the training step of this case's compilations")
+  parser.add_argument("--steps", type=int, default=6)
+  args = parser.parse_args()
+  if args.step:
+    compare_steps(args.step, args.steps)
+  print(f"load average {os.getloadavg()[0]:.2f}; milliseconds (median), ratio ours / plain")
+  print("| layer, input | plain fwd | ours fwd | ratio | plain fwd+bwd | ours fwd+bwd | ratio | max diff |")
+  print("|---|---|---|---|---|---|---|---|")
+  for shape in [(8, 32, 32, 128), (8, 16, 16, 256), (8, 32, 32, 256)]:
+    compare(f"GroupNorm + swish {shape}", _group_norm_case(normalization.GroupNorm, shape),
+            _group_norm_case(nn.GroupNorm, shape), args.repeats)
+  for shape, out_channels in [((8, 32, 32, 384), 128), ((8, 32, 32, 128), 256), ((8, 16, 16, 512), 256)]:
+    compare(f"1x1 conv {shape} -> {out_channels}", _pointwise_case(layers.pointwise_conv, shape, out_channels),
+            _pointwise_case(jax.lax.conv_general_dilated, shape, out_channels), args.repeats)
+  print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
