@@ -4,11 +4,9 @@ python benchmarks/layer_speed.py [--repeats 15] [--step cifar10/vp_ddpmpp_contin
 
 Per layer and shape (batch 8, the shapes of DDPM++ / NCSN++ on CIFAR-10), the median wall time of the jitted
 forward pass and of forward + backward (gradients with respect to the input and the parameters), alternating
-the two forms in one run, and their ratio (ours / plain; below 1 is faster):
-- GroupNorm + swish: `normalization.GroupNorm` against `flax.linen.GroupNorm`;
-- 1x1 convolution: `layers.pointwise_conv` (a matrix product over the channels) against
-  `lax.conv_general_dilated`.
-Both forms compute the same function; the largest difference of their outputs is printed too.
+the two forms in one run, and their ratio (ours / plain; below 1 is faster): GroupNorm + swish,
+`normalization.GroupNorm` against `flax.linen.GroupNorm`. Both compute the same function; the largest
+difference of their outputs is printed too.
 
 --step CASE: the jitted training step of configs/CASE.py (batch 8, model.nf overridden by ':NF') compiled
 twice in one process, with XLA:CPU's convolutions as the training step has them (`train.CPU_COMPILER_OPTIONS`:
@@ -24,11 +22,10 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from score_sde.models import layers, normalization  # noqa: E402
+from score_sde.models import normalization  # noqa: E402
 
 import train_step_case  # noqa: E402
 
@@ -43,13 +40,6 @@ def _group_norm_case(module_cls, shape):
   x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 0.5
   params = module.init(jax.random.key(1), x)
   return lambda p, x: nn.swish(module.apply(p, x)), params, x
-
-
-def _pointwise_case(conv_fn, shape, out_channels):
-  x = jax.random.normal(jax.random.key(0), shape)
-  kernel = jax.random.normal(jax.random.key(1), (1, 1, shape[-1], out_channels)) / np.sqrt(shape[-1])
-  dimension_numbers = ("NHWC", "HWIO", "NHWC")
-  return lambda w, x: conv_fn(x, w, (1, 1), "SAME", dimension_numbers=dimension_numbers), kernel, x
 
 
 def _timed(fn, args, repeats: int, out: list[float]) -> None:
@@ -114,9 +104,6 @@ def main() -> None:
   for shape in [(8, 32, 32, 128), (8, 16, 16, 256), (8, 32, 32, 256)]:
     compare(f"GroupNorm + swish {shape}", _group_norm_case(normalization.GroupNorm, shape),
             _group_norm_case(nn.GroupNorm, shape), args.repeats)
-  for shape, out_channels in [((8, 32, 32, 384), 128), ((8, 32, 32, 128), 256), ((8, 16, 16, 512), 256)]:
-    compare(f"1x1 conv {shape} -> {out_channels}", _pointwise_case(layers.pointwise_conv, shape, out_channels),
-            _pointwise_case(jax.lax.conv_general_dilated, shape, out_channels), args.repeats)
   print(f"load average {os.getloadavg()[0]:.2f}")
 
 

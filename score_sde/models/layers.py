@@ -76,24 +76,11 @@ def get_act(name: str) -> Callable[[Array], Array]:
   return ACTIVATIONS[name.lower()]
 
 
-def pointwise_conv(lhs: Array, rhs: Array, *args, precision=None, **kwargs) -> Array:
-  """A 1x1, unit-stride convolution of channels-last `lhs` with an [1, 1, I, O] kernel, as the matrix
-  product over the channels: out[..., o] = sum_i lhs[..., i] rhs[0, 0, i, o]. XLA:CPU runs it (forward and
-  both gradients) about twice as fast as the same convolution (`benchmarks/conv_kernels.py`). Takes and
-  ignores the other arguments of `lax.conv_general_dilated`, which nn.Conv passes."""
-  del args, kwargs
-  return jax.lax.dot_general(lhs, rhs.reshape(rhs.shape[-2:]), (((lhs.ndim - 1,), (0,)), ((), ())),
-                             precision=precision)
-
-
 def conv(features: int, kernel_size: int = 3, *, stride: int = 1, init_scale: float = 1.0,
          dtype: jnp.dtype = jnp.float32) -> nn.Conv:
-  """'SAME' convolution with DDPM initialization, zero bias and float32 parameters (1x1 ones as a matrix
-  product, same parameters)."""
-  pointwise = kernel_size == 1 and stride == 1
+  """'SAME' convolution with DDPM initialization, zero bias and float32 parameters."""
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
-                 kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32,
-                 conv_general_dilated=pointwise_conv if pointwise else None)
+                 kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32)
 
 
 def dense(features: int, *, init_scale: float = 1.0, dtype: jnp.dtype = jnp.float32) -> nn.Dense:
