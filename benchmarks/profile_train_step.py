@@ -6,7 +6,9 @@ Traces --steps steps (after a compiling one) with XLA:CPU's per-thunk TraceMe ev
 fusion to the ops it computes in the compiled HLO and sums the thread time per kind: convolutions
 (forward and input-gradient ones, small windows; weight-gradient ones, whose window spans the
 activations), dots, reductions, layout transposes / copies and the remaining elementwise fusions. Thread
-time summed over the intra-op threads, so its total exceeds the wall time of a step.
+time summed over the intra-op threads, so its total exceeds the wall time of a step. The step's Eigen
+convolutions (`train.CPU_COMPILER_OPTIONS`) run in Eigen's own thread pool, outside the trace: their rows
+time only the dispatch, and the rest of the step is what the table shows.
 """
 import argparse
 import collections
