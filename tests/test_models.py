@@ -415,3 +415,20 @@ def test_small_ncsnpp_learns_mnist(leaf):
     history.append(float(metrics["loss"]))
   assert np.mean(history[:5]) > 0.8
   assert np.mean(history[-25:]) < 0.6
+
+
+@pytest.mark.parametrize("channels,groups,epsilon", [(64, 16, 1e-6), (12, 3, 1e-6), (8, 8, 1e-5), (6, 1, 1e-6)])
+def test_group_norm_is_flax_group_norm(channels, groups, epsilon):
+  """normalization.GroupNorm (per-channel sums folded into groups) computes flax's GroupNorm with its parameters."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from score_sde.models import normalization  # pylint: disable=import-outside-toplevel
+  x = 3.0 * jax.random.normal(jax.random.key(0), (3, 5, 7, channels)) + 1.5
+  params = {"scale": jax.random.normal(jax.random.key(1), (channels,)),
+            "bias": jax.random.normal(jax.random.key(2), (channels,))}
+  ours = normalization.GroupNorm(num_groups=groups, epsilon=epsilon).apply({"params": params}, x)
+  theirs = nn.GroupNorm(num_groups=groups, epsilon=epsilon).apply({"params": params}, x)
+  np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-5)
+  assert jax.tree.map(jnp.shape, normalization.GroupNorm(num_groups=groups).init(jax.random.key(3), x)) == \
+      jax.tree.map(jnp.shape, nn.GroupNorm(num_groups=groups).init(jax.random.key(3), x))
+  with pytest.raises(ValueError, match="do not split into"):
+    normalization.GroupNorm(num_groups=5).init(jax.random.key(3), x)

@@ -184,3 +184,15 @@ def test_bits_per_dim_of_a_subset_pads_to_the_subset_not_to_the_eval_batch():
     bpd, nfe = evaluate.bits_per_dim_over_split(jax.random.key(1), config, sde, model, params, "test", 3, mesh=mesh)
   assert batch_sizes == [-(-3 // mesh.size) * mesh.size]
   assert bpd.shape == (3,) and np.all(np.isfinite(bpd)) and nfe > 0
+
+
+def test_cpu_training_step_compiles_convolutions_without_ynnpack():
+  """train.CPU_COMPILER_OPTIONS takes convolutions away from YNNPACK (XLA:CPU's default) and nothing else."""
+  x, w = jnp.ones((8, 32, 32, 128)), jnp.ones((3, 3, 128, 128))
+  step = lambda x, w: jnp.tanh(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                            dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  default = jax.jit(step).lower(x, w).compile().as_text()
+  ours = jax.jit(step, compiler_options=train.CPU_COMPILER_OPTIONS).lower(x, w).compile().as_text()
+  assert "__ynn_fusion" in default and "__ynn_fusion" not in ours and " convolution(" in ours
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  assert train.compiler_options(mesh) == (train.CPU_COMPILER_OPTIONS if jax.devices()[0].platform == "cpu" else {})
