@@ -21,10 +21,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	XLA_FLAGS="--xla_force_host_platform_device_count=2" $(PY) -m pytest -n 2 -q -m "slow or not slow" tests
 
-# reference_param_counts.py needs a checkout of yang-song/score_sde (--reference_dir) and sampler_quality.py a
-# trained MNIST checkpoint (--workdir): run them by hand.
+# reference_param_counts.py and reference_throughput.py need checkouts of the reference (--reference_dir) and
+# sampler_quality.py a trained MNIST checkpoint (--workdir): run them by hand. train_step_case.py is a module.
 bench: $(STAMP)
-	for b in $(filter-out benchmarks/reference_param_counts.py benchmarks/sampler_quality.py,$(wildcard benchmarks/*.py)); do \
+	for b in $(filter-out benchmarks/reference_param_counts.py benchmarks/reference_throughput.py benchmarks/train_step_case.py benchmarks/sampler_quality.py,$(wildcard benchmarks/*.py)); do \
 	  echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
