@@ -164,8 +164,8 @@ def get_step_fns(config: ml_collections.ConfigDict, setup: Setup):
 
 
 # XLA:CPU hands convolutions to YNNPACK by default; its own (Eigen) convolutions make the training step of
-# DDPM++ about 7% faster on CPU, the weight gradients above all (`benchmarks/layer_speed.py --step`). The
-# list is XLA's default YNNPACK fusions less convolutions. No effect on other platforms.
+# DDPM++ about 5% faster on CPU (`benchmarks/layer_speed.py --step`). The list is XLA's default YNNPACK
+# fusions less convolutions. No effect on other platforms.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 

@@ -46,8 +46,7 @@ class GroupNorm(nn.Module):
   out_c = (x_c - mu) / sqrt(var + epsilon) * scale_c + bias_c, var = E[x^2] - mu^2 as nn.GroupNorm computes it.
   Written for XLA:CPU: the statistics are per-channel sums over the positions folded into groups, and the
   normalization one affine map per (example, channel), so the backward pass is two per-channel reductions and
-  one elementwise map. GroupNorm + swish runs 1.2-2.5x faster than with nn.GroupNorm (`benchmarks/layer_speed.py`),
-  a DDPM++ training step ~6%.
+  one elementwise map. GroupNorm + swish runs 1.2-2.5x faster than with nn.GroupNorm (`benchmarks/layer_speed.py`).
   """
 
   num_groups: int
