@@ -2,7 +2,7 @@
 
 python benchmarks/reference_throughput.py --reference_dir SCORE_SDE_PYTORCH --reference_python PYTHON
     [--cases ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32] [--batch 8] [--rounds 3]
-    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT]
+    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT] [--phases]
 
 Each side runs in its own worker process (the reference needs PyTorch, which is never a dependency
 of this project: --reference_python is an interpreter of a separate environment with torch, numpy,
@@ -15,6 +15,9 @@ see the same machine load; it prints the median s/step, images/s, ours/reference
 the first (compiling) step, parameter counts and the load average. Case NAME:NF overrides model.nf.
 With --baseline_root, a third worker runs the training step of another checkout of this project
 (e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios.
+With --phases, each side also times the loss alone (forward pass, training mode) and the loss with its
+gradient (forward + backward), so the table splits a step into forward, backward and the optimizer / EMA
+update.
 """
 import argparse
 import ast
@@ -40,22 +43,25 @@ def _send(message: dict) -> None:
   print(json.dumps(message), flush=True)
 
 
-def _serve(step, first_step_seconds: float, num_params: int) -> None:
-  """Worker loop: one timed step per 'step' line on stdin, a JSON line with its seconds on stdout."""
+PHASES = ("forward", "forward_backward", "step")
+
+
+def _serve(calls: dict, first_step_seconds: float, num_params: int) -> None:
+  """Worker loop: one timed call per line on stdin naming a PHASE, a JSON line with its seconds on stdout."""
   _send({"compile_s": first_step_seconds, "params": num_params})
   for line in sys.stdin:
-    if line.strip() != "step":
+    if line.strip() not in calls:
       return
     tic = time.perf_counter()
-    step()
+    calls[line.strip()]()
     _send({"seconds": time.perf_counter() - tic})
 
 
 def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, str(root))
-  _, setup, train_step, state, batch_arrays = train_step_case.build(root, f"cifar10/{name}", nf, batch)
-  from score_sde import train  # pylint: disable=import-outside-toplevel
+  config, setup, train_step, state, batch_arrays = train_step_case.build(root, f"cifar10/{name}", nf, batch)
+  from score_sde import losses, train  # pylint: disable=import-outside-toplevel
   if not pathlib.Path(train.__file__).resolve().is_relative_to(root.resolve()):
     raise RuntimeError(f"imported {train.__file__}, not the checkout {root}")
   holder = {"state": state, "k": 0}
@@ -66,10 +72,21 @@ def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
                                                                                              holder["k"]))
     jax.block_until_ready(metrics)
 
+  t = config.training
+  loss_fn = losses.get_loss_fn(setup.sde, setup.model, train=True, reduce_mean=t.reduce_mean,
+                               continuous=t.continuous, likelihood_weighting=t.likelihood_weighting, eps=t.eps)
+  options = getattr(train, "compiler_options", lambda mesh: {})(setup.mesh)  # baselines may predate it
+  forward = jax.jit(loss_fn, compiler_options=options)
+  forward_backward = jax.jit(jax.value_and_grad(loss_fn), compiler_options=options)
+
+  def timed(fn):
+    return lambda: jax.block_until_ready(fn(holder["state"].params, setup.keys.train, batch_arrays))
+
   tic = time.perf_counter()
   step()
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  _serve(step, time.perf_counter() - tic, int(num_params))
+  _serve({"forward": timed(forward), "forward_backward": timed(forward_backward), "step": step},
+         time.perf_counter() - tic, int(num_params))
 
 
 def _reference_op_module(reference_dir: pathlib.Path) -> types.ModuleType:
@@ -119,12 +136,24 @@ def _reference(name: str, nf: int | None, batch: int, reference_dir: pathlib.Pat
   images = torch.rand((batch, config.data.num_channels, config.data.image_size, config.data.image_size),
                       generator=generator) * 2.0 - 1.0
 
+  loss_fn = losses.get_sde_loss_fn(sde, train=True, reduce_mean=config.training.reduce_mean, continuous=True,
+                                   likelihood_weighting=config.training.likelihood_weighting)
+
   def step():
     train_step(state, images)
 
+  def forward():
+    with torch.no_grad():
+      loss_fn(model, images)
+
+  def forward_backward():
+    model.zero_grad()
+    loss_fn(model, images).backward()
+
   tic = time.perf_counter()
   step()
-  _serve(step, time.perf_counter() - tic, sum(p.numel() for p in model.parameters()))
+  _serve({"forward": forward, "forward_backward": forward_backward, "step": step}, time.perf_counter() - tic,
+         sum(p.numel() for p in model.parameters()))
 
 
 class Worker:
@@ -140,8 +169,9 @@ class Worker:
       raise RuntimeError(f"worker {self.process.args} exited with code {self.process.wait()}")
     return json.loads(line)
 
-  def step(self) -> float:
-    self.process.stdin.write("step\n")
+  def time(self, phase: str = "step") -> float:
+    """Seconds of one call of `phase` (one of PHASES) in the worker."""
+    self.process.stdin.write(f"{phase}\n")
     self.process.stdin.flush()
     return self._read()["seconds"]
 
@@ -166,6 +196,7 @@ def main():
   parser.add_argument("--rounds", type=int, default=3, help="timed steps per side, alternating")
   parser.add_argument("--baseline_root", type=pathlib.Path, help="another checkout of this project to time too")
   parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
+  parser.add_argument("--phases", action="store_true", help="also time forward and forward + backward")
   parser.add_argument("--root", type=pathlib.Path, default=ROOT, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -192,18 +223,38 @@ def main():
     commands["reference"] = [args.reference_python, script, "--worker", "reference",
                              "--reference_dir", str(args.reference_dir)] + common
     workers = {side: Worker(command) for side, command in commands.items()}
-    times = {side: [] for side in workers}
+    phases = PHASES if args.phases else ("step",)
+    for worker in workers.values():
+      for phase in phases[:-1]:
+        worker.time(phase)  # compiles
+    times = {(side, phase): [] for side in workers for phase in phases}
     for _ in range(args.rounds):
-      for side, worker in workers.items():
-        times[side].append(worker.step())
+      for phase in phases:
+        for side, worker in workers.items():
+          times[(side, phase)].append(worker.time(phase))
     for worker in workers.values():
       worker.close()
-    medians = {side: statistics.median(seconds) for side, seconds in times.items()}
+    medians = {key: statistics.median(seconds) for key, seconds in times.items()}
     for side, worker in workers.items():
-      ratio = f"{medians['reference'] / medians[side]:>8.2f}" if side != "reference" else ""
+      step_s = medians[(side, "step")]
+      ratio = f"{medians[('reference', 'step')] / step_s:>8.2f}" if side != "reference" else ""
       print(f"{case:>26} {side:>9} {worker.info['params']:>10,d} {worker.info['compile_s']:>10.1f} "
-            f"{medians[side]:>7.3f} {args.batch / medians[side]:>8.2f} {ratio}", flush=True)
+            f"{step_s:>7.3f} {args.batch / step_s:>8.2f} {ratio}", flush=True)
+    if args.phases:
+      _print_phases(case, list(workers), medians)
   print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _print_phases(case: str, sides: list[str], medians: dict) -> None:
+  """Seconds of forward, backward (forward + backward less forward) and update (step less both) per side."""
+  split = {side: {"forward": medians[(side, "forward")],
+                  "backward": medians[(side, "forward_backward")] - medians[(side, "forward")],
+                  "update": medians[(side, "step")] - medians[(side, "forward_backward")]} for side in sides}
+  for side in sides:
+    parts = "  ".join(f"{part} {seconds:.3f} s" + (f" ({split['reference'][part] / seconds:.2f})"
+                                                  if side != "reference" and seconds > 0 else "")
+                      for part, seconds in split[side].items())
+    print(f"{case:>26} {side:>9}   {parts}", flush=True)
 
 
 if __name__ == "__main__":
