@@ -25,13 +25,14 @@ import jax.numpy as jnp
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from score_sde import train  # noqa: E402
 from score_sde.models import normalization  # noqa: E402
 
 import train_step_case  # noqa: E402
 
-# XLA:CPU's default YNNPACK fusions (jaxlib 0.10): `train.CPU_COMPILER_OPTIONS` less convolutions.
-XLA_DEFAULT_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
-                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+# XLA:CPU's default YNNPACK fusions (jaxlib 0.10): `train.CPU_COMPILER_OPTIONS` plus convolutions.
+XLA_DEFAULT_OPTIONS = {key: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION," + fusion_types
+                       for key, fusion_types in train.CPU_COMPILER_OPTIONS.items()}
 
 
 def _group_norm_case(module_cls, shape):
