@@ -74,7 +74,9 @@ def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
 
   t = config.training
   loss_fn = losses.get_loss_fn(setup.sde, setup.model, train=True, reduce_mean=t.reduce_mean,
-                               continuous=t.continuous, likelihood_weighting=t.likelihood_weighting, eps=t.eps)
+                               continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
+                               importance_weighting=t.importance_weighting, eps=t.eps,
+                               cond_drop_prob=t.cond_drop_prob)
   options = getattr(train, "compiler_options", lambda mesh: {})(setup.mesh)  # baselines may predate it
   forward = jax.jit(loss_fn, compiler_options=options)
   forward_backward = jax.jit(jax.value_and_grad(loss_fn), compiler_options=options)
