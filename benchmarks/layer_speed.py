@@ -98,7 +98,10 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=6)
   args = parser.parse_args()
   if args.step:
-    compare_steps(args.step, args.steps)
+    try:
+      compare_steps(args.step, args.steps)
+    except (FileNotFoundError, ValueError) as error:  # an unknown config or a malformed NAME:NF
+      sys.exit(f"layer_speed.py: --step {args.step}: {error}")
   print(f"load average {os.getloadavg()[0]:.2f}; milliseconds (median), ratio ours / plain")
   print("| layer, input | plain fwd | ours fwd | ratio | plain fwd+bwd | ours fwd+bwd | ratio | max diff |")
   print("|---|---|---|---|---|---|---|---|")
