@@ -59,6 +59,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Step-size control of the likelihood ODE: "batch_rms" (RMS error of the whole batch) or "per_example" (the worst
   # example's state and log-density: each image's bits/dim to the tolerance; likelihood.ERROR_NORMS).
   evaluate.ode_error_norm = "batch_rms"
+  evaluate.ode_solver = "tsit5"  # adaptive solver of the likelihood ODE (sampling.ode.ADAPTIVE_SOLVERS)
   # How the ODE density becomes bits/dim of 8-bit data: "uniform" dequantization, or "encoder" (the forward process
   # at training.eps with the pixel-grid decoder, for models trained on 8-bit values: likelihood.encoder_bound_nll).
   evaluate.ode_dequantization = "uniform"

@@ -41,6 +41,7 @@ def _choices() -> dict[str, Callable[[], Sequence[str]]]:
       "eval.ode_variables": lambda: flow_variables.VARIABLES,
       "eval.ode_dequantization": lambda: tuple(evaluate.ODE_DEQUANTIZATIONS),
       "eval.ode_error_norm": lambda: tuple(likelihood.ERROR_NORMS),
+      "eval.ode_solver": lambda: ode.ADAPTIVE_SOLVERS,
       "optim.optimizer": lambda: tuple(losses.OPTIMIZERS),
   }
 

@@ -85,7 +85,7 @@ def _encoder_logp(config, rng, score_fn, sde, x):
 
 def _ode_options(config) -> dict:
   return dict(rtol=config.eval.rtol, atol=config.eval.atol, eps=config.training.eps,
-              variables=config.eval.ode_variables, error_norm=config.eval.ode_error_norm)
+              variables=config.eval.ode_variables, error_norm=config.eval.ode_error_norm, solver=config.eval.ode_solver)
 
 
 # config.eval.ode_dequantization -> how the ODE's density becomes a likelihood of 8-bit data:

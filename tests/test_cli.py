@@ -90,7 +90,8 @@ def test_sample_and_likelihood_name_their_outputs_and_show_progress(tmp_path, to
   cache = tmp_path / "cache"  # every compiled program goes there, however fast it compiled
   sample = _program("sample", f"--workdir={workdir}", "--num=4", "--method=pc", "--num_steps=3", "--seed=7",
                     f"--compilation_cache={cache}", env={**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
-  bpd = _program("likelihood", f"--workdir={workdir}", "--num_examples=4", "--batch_size=4", "--step=2")
+  bpd = _program("likelihood", f"--workdir={workdir}", "--num_examples=4", "--batch_size=4", "--step=2",
+                 "--ode_solver=bosh3", "--rtol=1e-3")
   for process in (sample, bpd):
     _, stderr = process.communicate(timeout=TIMEOUT_S)
     assert process.returncode == 0, stderr
@@ -99,7 +100,9 @@ def test_sample_and_likelihood_name_their_outputs_and_show_progress(tmp_path, to
   name = "samples_step2_pc_nfe7_seed7"  # 3 predictor and 3 corrector steps, then the denoising step
   assert sorted(p.name for p in (workdir / "samples_cli").iterdir()) == [f"{name}.npz", f"{name}.png"]
   assert np.load(workdir / "samples_cli" / f"{name}.npz")["samples"].shape == (4, 2)
-  assert json.loads((workdir / "eval" / "bpd_test_2_first4.json").read_text())["ode_bpd"]["num_examples"] == 4
+  result = json.loads((workdir / "eval" / "bpd_test_2_first4.json").read_text())
+  assert result["ode_bpd"]["num_examples"] == 4
+  assert (result["ode_solver"], result["rtol"], result["atol"]) == ("bosh3", 1e-3, 1e-5)  # atol from the config
   assert any(cache.iterdir())
 
 

@@ -50,6 +50,7 @@ def test_overrides_apply_and_keep_their_types():
     ("--config.eval.ode_dequantization=gaussian", "eval.ode_dequantization='gaussian'"),
     ("--config.sampling.ode_variables=lambda", "sampling.ode_variables='lambda'"),
     ("--config.eval.ode_error_norm=max", "eval.ode_error_norm='max'"),
+    ("--config.eval.ode_solver=euler", "eval.ode_solver='euler'"),
     ("--config.training.batch_size=0", "batch_size=0 must be positive"),
     ("--config.model.ema_rate=1.5", "ema_rate"),
 ])

@@ -26,8 +26,9 @@ def _exact_prior(mixture, sde):
   return lambda z: mixture.log_prob(z, sde, _at(z, sde.T))
 
 
+@pytest.mark.parametrize("solver", ["tsit5", "bosh3"])
 @pytest.mark.parametrize("name", sorted(SDES))
-def test_exact_divergence_recovers_oracle_log_density(name, mixture2d):
+def test_exact_divergence_recovers_oracle_log_density(name, solver, mixture2d):
   """estimator="exact" with the exact score: |logp - log p_eps(x)| < 0.01 nats in 2-D, and nfe counts."""
   sde = SDES[name]()
   evaluations = []
@@ -39,7 +40,8 @@ def test_exact_divergence_recovers_oracle_log_density(name, mixture2d):
 
   x, _ = mixture2d.sample(jax.random.PRNGKey(0), 16)
   logp, nfe = likelihood.log_likelihood(jax.random.PRNGKey(1), counted_score, sde, x, "exact",
-                                        rtol=1e-5, atol=1e-5, eps=EPS, prior_logp=_exact_prior(mixture2d, sde))
+                                        rtol=1e-5, atol=1e-5, eps=EPS, prior_logp=_exact_prior(mixture2d, sde),
+                                        solver=solver)
   jax.block_until_ready(logp)
   expected = mixture2d.log_prob(x, sde, _at(x, EPS))
   assert logp.shape == (16,)
@@ -99,6 +101,13 @@ def test_unknown_error_norm_is_rejected(mixture2d):
   with pytest.raises(ValueError, match="'max'"):
     likelihood.log_likelihood(jax.random.PRNGKey(0), mixture2d.score_fn(sde), sde, jnp.zeros((2, 2)),
                               error_norm="max")
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+def test_solver_without_error_estimate_or_unknown_is_rejected(solver, mixture2d):
+  sde = sde_lib.VPSDE()
+  with pytest.raises(ValueError, match=f"unknown adaptive ODE solver '{solver}'"):
+    likelihood.log_likelihood(jax.random.PRNGKey(0), mixture2d.score_fn(sde), sde, jnp.zeros((2, 2)), solver=solver)
 
 
 def test_unknown_estimator_is_rejected(mixture2d):

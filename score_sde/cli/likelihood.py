@@ -6,7 +6,7 @@ examples of the split (--num_examples replaces it; 0: all), with a bar showing b
 bits/dim and score evaluations (NFE).
 The exact likelihood comes from the probability-flow ODE (likelihood.log_likelihood, Hutchinson
 divergence, tolerances config.eval.rtol/atol, variables config.eval.ode_variables, step-size control
-config.eval.ode_error_norm), on uniformly
+config.eval.ode_error_norm, solver config.eval.ode_solver), on uniformly
 dequantized data or, with --ode_dequantization=encoder (config.eval.ode_dequantization; the VDM
 configs' default), through the forward process at eps and the pixel-grid decoder
 (likelihood.encoder_bound_nll), the bound that suits models of 8-bit data; --elbo also reports the
@@ -33,6 +33,7 @@ from absl import flags
 from score_sde import datasets, evaluate, flow_variables, launch, likelihood, models, parallel, schedules, train, vdm
 from score_sde import sde as sde_lib
 from score_sde.cli import common
+from score_sde.sampling import ode
 
 common.define_checkpoint_flags()
 flags.DEFINE_alias("checkpoint", "step")  # deprecated name of --step
@@ -50,6 +51,10 @@ flags.DEFINE_enum("ode_variables", None, list(flow_variables.VARIABLES),
 flags.DEFINE_enum("ode_error_norm", None, list(likelihood.ERROR_NORMS),
                   "step-size control of the ODE solve (default: config.eval.ode_error_norm): 'batch_rms' error of "
                   "the whole batch, or 'per_example': each example's state and log-density to the tolerance")
+flags.DEFINE_float("rtol", None, "relative tolerance of the ODE solve (default: config.eval.rtol)", lower_bound=0.0)
+flags.DEFINE_float("atol", None, "absolute tolerance of the ODE solve (default: config.eval.atol)", lower_bound=0.0)
+flags.DEFINE_enum("ode_solver", None, list(ode.ADAPTIVE_SOLVERS),
+                  "adaptive solver of the ODE (default: config.eval.ode_solver; sampling/ode.py SOLVERS)")
 flags.DEFINE_bool("elbo", False, "also compute the DDPM ELBO bound in bits/dim")
 flags.DEFINE_integer("elbo_steps", 1000, "steps of the DDPM chain for --elbo")
 flags.DEFINE_integer("elbo_timesteps", 64, "Monte-Carlo draws of the chain step per example for --elbo (0: all)")
@@ -159,6 +164,9 @@ def main(argv):
       config.eval.ode_dequantization = FLAGS.ode_dequantization or config.eval.ode_dequantization
       config.eval.ode_variables = FLAGS.ode_variables or config.eval.ode_variables
       config.eval.ode_error_norm = FLAGS.ode_error_norm or config.eval.ode_error_norm
+      config.eval.ode_solver = FLAGS.ode_solver or config.eval.ode_solver
+      config.eval.rtol = config.eval.rtol if FLAGS.rtol is None else FLAGS.rtol
+      config.eval.atol = config.eval.atol if FLAGS.atol is None else FLAGS.atol
       if config.eval.ode_dequantization == "uniform" and config.training.objective == "vdm":
         config.data.uniform_dequantization = True  # a model of 8-bit values; its bounds read them back (floor(256 x))
   batch_size = FLAGS.batch_size or config.eval.batch_size
@@ -172,7 +180,7 @@ def main(argv):
   if FLAGS.ode:
     result.update(ode_bpd=_summary(bpd["ode"]), rtol=config.eval.rtol, atol=config.eval.atol,
                   ode_dequantization=config.eval.ode_dequantization, ode_variables=config.eval.ode_variables,
-                  ode_error_norm=config.eval.ode_error_norm)
+                  ode_error_norm=config.eval.ode_error_norm, ode_solver=config.eval.ode_solver)
   if FLAGS.elbo:
     steps = config.vdm.num_steps if config.training.objective == "vdm" else FLAGS.elbo_steps
     name = {"dsm": "ddpm_elbo_bpd", "vdm": "vdm_elbo_bpd"}[config.training.objective]

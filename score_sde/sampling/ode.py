@@ -26,19 +26,23 @@ class OdeSolver(NamedTuple):
   """A diffrax solver and its score evaluations: `stages` per step attempt (accepted or rejected),
 
   plus one initial evaluation when the first stage of a step reuses the last of the previous one
-  (FSAL: Tsit5 and Dopri5 have 7 stages, the 7th is the next step's 1st, so 6 new ones per step).
+  (FSAL: Tsit5 and Dopri5 have 7 stages, the 7th is the next step's 1st, so 6 new ones per step;
+  Bogacki-Shampine 3(2) has 4, so 3 new ones).
   """
   solver: type
   stages: int
   fsal: bool
+  adaptive: bool = True  # has an embedded error estimate for PIDController step-size control
 
 
 SOLVERS = {
     "tsit5": OdeSolver(diffrax.Tsit5, 6, True),
     "dopri5": OdeSolver(diffrax.Dopri5, 6, True),
+    "bosh3": OdeSolver(diffrax.Bosh3, 3, True),
     "heun": OdeSolver(diffrax.Heun, 2, False),
-    "euler": OdeSolver(diffrax.Euler, 1, False),
+    "euler": OdeSolver(diffrax.Euler, 1, False, adaptive=False),
 }
+ADAPTIVE_SOLVERS = tuple(sorted(name for name, spec in SOLVERS.items() if spec.adaptive))
 
 
 class StepProgress(diffrax.AbstractProgressMeter):
@@ -75,7 +79,7 @@ def integrate(vector_field, y0, t0: float, t1: float, solver: str, rtol: float, 
               num_steps: int | None, max_steps: int, progress: utils.Progress | None = None,
               first_step: float | None = None, norm: Callable[[Any], Array] = optx.rms_norm):
   """y(t1) from y(t0) (any pytree) along dy/dt = vector_field(t, y, args) in one diffeqsolve, and the
-  field evaluations: `stages` per step attempt, + 1 for FSAL solvers (Tsit5, Dopri5).
+  field evaluations: `stages` per step attempt, + 1 for FSAL solvers (Tsit5, Dopri5, Bosh3).
 
   Adaptive (PIDController(rtol, atol, norm); first step `first_step`, or diffrax's choice when None;
   `norm` of the error scaled by atol + rtol |y|, by default diffrax's RMS over all components) when
@@ -85,8 +89,8 @@ def integrate(vector_field, y0, t0: float, t1: float, solver: str, rtol: float, 
     raise ValueError(f"unknown ODE solver {solver!r}; choose from {sorted(SOLVERS)}")
   spec = SOLVERS[solver]
   if num_steps is None:
-    if solver == "euler":
-      raise ValueError("solver 'euler' has no error estimate for adaptive stepping; give num_steps")
+    if not spec.adaptive:
+      raise ValueError(f"solver {solver!r} has no error estimate for adaptive stepping; give num_steps")
     controller, dt0 = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm), first_step
   else:
     controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / num_steps
