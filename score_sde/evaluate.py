@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
-from score_sde import checkpoint, configs_util, datasets, likelihood, losses, models, parallel, sampling, schedules, testing
+from score_sde import (checkpoint, configs_util, console, datasets, likelihood, losses, models, parallel, sampling,
+                       schedules, testing)
 from score_sde import sde as sde_lib
 from score_sde.metrics import features as metrics_features
 from score_sde.metrics import quality as metrics_quality
@@ -171,8 +171,8 @@ def bits_per_dim_over_split(rng: Array, config: ml_collections.ConfigDict, sde: 
   batches = split_batches(config, split, batch_size or config.eval.batch_size, mesh, num_examples)
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   results, total_nfe = [], 0
-  with tqdm.tqdm(total=num_examples or None, desc=f"{split} bits/dim", unit="example", dynamic_ncols=True,
-                 disable=not progress) as bar:
+  with console.progress_bar(total=num_examples or None, desc=f"{split} bits/dim", unit="example",
+                            disable=not progress) as bar:
     for (logp, nfe), count in map_over_split(rng, get_logp_fn(config, sde, model), params, batches, mesh):
       results.append(np.asarray(likelihood.bits_per_dim(logp[:count], datasets.data_shape(config),
                                                         inverse_scaler=inverse_scaler)))
@@ -236,7 +236,7 @@ def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net
   total = min(num_examples or len(datasets.get_source(config, split)), len(datasets.get_source(config, split)))
   feature_params = parallel.replicate(feature_net.params, mesh)
   sample_stats = None
-  batches = tqdm.tqdm(split_batches(config, split, batch_size, mesh, total), total=-(-total // batch_size),
+  batches = console.progress_bar(split_batches(config, split, batch_size, mesh, total), total=-(-total // batch_size),
                       desc=f"features ({split})", unit="batch", disable=not (progress and parallel.is_main_process()))
   for images, count in batches:
     feats, logits = (np.asarray(a)[:count] for a in parallel.fetch(feature_net.apply(feature_params, images)))

@@ -32,10 +32,9 @@ import ml_collections
 import numpy as np
 import optax
 import tensorboardX
-import tqdm
 from jax.sharding import Mesh
 
-from score_sde import checkpoint, configs_util, datasets, evaluate, losses, models, parallel, vdm
+from score_sde import checkpoint, configs_util, console, datasets, evaluate, losses, models, parallel, vdm
 from score_sde import sde as sde_lib
 from score_sde.train_state import TrainState
 
@@ -367,8 +366,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   eval_batches = _scaled_batches(config, "test", (start // t.eval_freq) * t.eval_batches, rows)
   meta = {"seed": config.seed, "config": json.loads(config.to_json_best_effort())}
   writer = MetricWriter(workdir, resume_step=start)
-  bar = tqdm.tqdm(total=t.n_iters, initial=start, disable=not (progress and writer.active), desc="train", unit="step",
-                  dynamic_ncols=True)
+  bar = console.progress_bar(total=t.n_iters, initial=start, disable=not (progress and writer.active), desc="train",
+                             unit="step")
   pending: list[tuple[int, dict]] = []
   grad_norm, window_start, window_steps = None, time.perf_counter(), 0
   deadline = time.perf_counter() + time_limit_s if time_limit_s is not None else math.inf
@@ -429,8 +428,8 @@ def _sharded_sample_fn(config: ml_collections.ConfigDict, setup: Setup):
 def _snapshot_samples(config, sample_fn, state: TrainState, key: Array, step: int, workdir: pathlib.Path,
                       writer: MetricWriter, progress: bool) -> None:
   method, _ = configs_util.sampler_options(config)
-  with tqdm.tqdm(total=1, desc=f"snapshot samples ({method})", unit="batch", leave=False, disable=not progress,
-                 dynamic_ncols=True) as bar:
+  with console.progress_bar(total=1, desc=f"snapshot samples ({method})", unit="batch", leave=False,
+                            disable=not progress) as bar:
     samples, nfe = sample_fn(jax.random.fold_in(key, step), evaluation_params(state))
     samples = parallel.fetch(samples)
     bar.set_postfix(nfe=f"{float(jnp.mean(nfe)):.0f}")

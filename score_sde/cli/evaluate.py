@@ -29,10 +29,9 @@ import time
 
 import jax
 import numpy as np
-import tqdm
 from absl import flags
 
-from score_sde import configs_util, evaluate, launch, models, parallel, train
+from score_sde import configs_util, console, evaluate, launch, models, parallel, train
 from score_sde import sde as sde_lib
 from score_sde.cli import common
 from score_sde.metrics import features, quality
@@ -136,9 +135,9 @@ def main(argv) -> None:
   sde, model = sde_lib.get_sde(config), models.get_model(config)
   batch_fn = evaluate.get_sample_feature_fn(config, sde, model, method, options, feature_net.apply, batch_size, mesh)
   rng, params, feature_params = parallel.replicate((jax.random.key(FLAGS.seed), params, feature_net.params), mesh)
-  progress = tqdm.trange(done, num_batches, initial=done, total=num_batches, unit="batch",
-                         desc=f"{method} samples -> {FLAGS.feature_net} features",
-                         disable=not parallel.is_main_process())
+  progress = console.progress_bar(range(done, num_batches), initial=done, total=num_batches, unit="batch",
+                                  desc=f"{method} samples -> {FLAGS.feature_net} features",
+                                  disable=not parallel.is_main_process())
   for k in progress:
     feats, logits, nfe = parallel.fetch(batch_fn(jax.random.fold_in(rng, k), params, feature_params))
     count = min(batch_size, FLAGS.num_samples - k * batch_size)

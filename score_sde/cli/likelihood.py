@@ -27,10 +27,10 @@ import pathlib
 
 import jax
 import numpy as np
-import tqdm
 from absl import flags
 
-from score_sde import datasets, evaluate, flow_variables, launch, likelihood, models, parallel, schedules, train, vdm
+from score_sde import (console, datasets, evaluate, flow_variables, launch, likelihood, models, parallel, schedules,
+                       train, vdm)
 from score_sde import sde as sde_lib
 from score_sde.cli import common
 from score_sde.sampling import ode
@@ -136,8 +136,8 @@ def bits_per_dim_over_repeats(config, batch_fn, params, mesh, batch_size: int, n
         config.seed = FLAGS.seed + repeat
     batches = evaluate.split_batches(config, FLAGS.split, batch_size, mesh, num_examples)
     outputs = evaluate.map_over_split(jax.random.fold_in(rng, repeat), batch_fn, params, batches, mesh)
-    progress = tqdm.tqdm(outputs, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
-                         unit="batch", disable=not parallel.is_main_process())
+    progress = console.progress_bar(outputs, desc=f"bits/dim {FLAGS.split} (repeat {repeat + 1}/{FLAGS.num_repeats})",
+                                    unit="batch", disable=not parallel.is_main_process())
     bpd, total_nfe = {}, 0
     for (bounds, nfe), count in progress:
       total_nfe += int(nfe)

@@ -13,11 +13,10 @@ import json
 import jax
 import jax.numpy as jnp
 import optax
-import tqdm
 from absl import flags
 from ml_collections import config_flags
 
-from score_sde import checkpoint, controllable, datasets, losses, models
+from score_sde import checkpoint, console, controllable, datasets, losses, models
 from score_sde import sde as sde_lib
 from score_sde.cli import common
 from score_sde.train_state import TrainState
@@ -71,7 +70,7 @@ def train_classifier(config, workdir: str, steps: int) -> TrainState:
   step_fn = get_train_step(config, sde, classifier, optimizer)
   scaler = datasets.get_data_scaler(config)
   batches = datasets.get_dataset(config, "train")
-  with tqdm.trange(steps, desc="classifier", unit="step", dynamic_ncols=True) as bar:
+  with console.progress_bar(range(steps), desc="classifier", unit="step") as bar:
     for k in bar:
       batch = next(batches)
       batch = {"image": scaler(jnp.asarray(batch["image"])), "label": jnp.asarray(batch["label"])}

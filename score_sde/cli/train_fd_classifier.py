@@ -14,11 +14,10 @@ import pathlib
 import time
 
 import numpy as np
-import tqdm
 from absl import flags
 from ml_collections import config_flags
 
-from score_sde import datasets
+from score_sde import console, datasets
 from score_sde.cli import common
 from score_sde.metrics import mnist
 
@@ -49,7 +48,7 @@ def main(argv) -> None:
   config = FLAGS.config
   images, labels = load_split(config, "train")
   start = time.time()
-  bar = tqdm.tqdm(total=FLAGS.num_steps, desc=f"FD-MNIST classifier ({len(images)} images)", unit="step")
+  bar = console.progress_bar(total=FLAGS.num_steps, desc=f"FD-MNIST classifier ({len(images)} images)", unit="step")
 
   def progress(step: int, loss: float) -> None:
     bar.update()

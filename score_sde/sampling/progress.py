@@ -1,7 +1,7 @@
 """A tqdm bar over sampler steps, driven by the `progress` callback of `sampling.sample`."""
 from __future__ import annotations
 
-import tqdm
+from score_sde import console
 
 
 class StepBar:
@@ -11,7 +11,7 @@ class StepBar:
   """
 
   def __init__(self, num_batches: int, *, desc: str = "sampling", disable: bool = False):
-    self.bar = tqdm.tqdm(desc=desc, unit="step", disable=disable)
+    self.bar = console.progress_bar(desc=desc, unit="step", disable=disable)
     self.num_batches = num_batches
     self.batch = 0
 
