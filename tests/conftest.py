@@ -1,11 +1,28 @@
 """Shared pytest fixtures: float64 where a test asks for it, the mixture oracle, MNIST-style IDX files."""
 import gzip
+import os
 import pathlib
+import tempfile
 
 import numpy as np
 import pytest
 
 from score_sde import testing
+
+
+@pytest.fixture(autouse=True, scope="session")
+def temporary_files_in_pytest_tmp(tmp_path_factory):
+  """Temporary files of the tests and their subprocesses go under pytest's own (rotated) tmp folder: offline,
+  TFDS leaves an empty mkdtemp("tfds") folder behind at every lookup of a dataset it has not prepared."""
+  folder = str(tmp_path_factory.mktemp("tempfile"))
+  saved = os.environ.get("TMPDIR")
+  os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+  yield
+  tempfile.tempdir = None
+  if saved is None:
+    del os.environ["TMPDIR"]
+  else:
+    os.environ["TMPDIR"] = saved
 
 
 @pytest.fixture
