@@ -159,9 +159,10 @@ def log_likelihood(rng: Array, score_fn: ScoreFn, sde: sde_lib.SDE, x: Array, es
       nearly linear (same log-density, fewer steps for the same tolerance on trained models).
     error_norm: a key of ERROR_NORMS: "batch_rms" controls the RMS error of the whole batch;
       "per_example" the worst example's state and its log-density in nats per dimension.
-    solver: an adaptive solver of `ode.SOLVERS`. On trained networks, whose field is rough in t (time
-      embeddings), the Bogacki-Shampine 3(2) pair "bosh3" (3 evaluations per step) takes fewer
-      evaluations than the 5th-order Tsit5 (6 per step) for bits/dim to ~1e-3.
+    solver: an adaptive solver of `ode.SOLVERS`. Where a trained network's field is rough in t (its time
+      embedding), the 3rd-order "bosh3" (3 evaluations per step) can reach a bits/dim accuracy with fewer
+      evaluations than the 5th-order "tsit5" and "dopri5" (6 per step); on smoother fields those win
+      (benchmarks/likelihood_cost.py --workdir).
   Returns:
     (logp [B], nfe): nfe is the number of score (and field) evaluations of the solve.
   """
