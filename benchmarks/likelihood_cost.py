@@ -9,13 +9,13 @@ Prints three tables (ratios of seconds measured side by side in this run, never 
   3. bounds (2-D mixture, exact score): E[log p_eps - bound] for the continuous ELBO and the DDPM ELBO.
 With --workdir (a trained image run, e.g. of configs/digits/vp_unet.py), instead, on its model:
   4. bits/dim of --num_examples test images (one Rademacher probe, shared by every solve) for ODE
-     formulations (`flow_variables.VARIABLES`), rtol = atol and error norms (`likelihood.ERROR_NORMS`):
+     formulations (`flow_variables.VARIABLES`), rtol = atol, error norms (`likelihood.ERROR_NORMS`) and solvers:
      NFE, seconds relative to the old default (variables="time", 1e-4, batch_rms; one timed call each,
      after a compiling one), and the max / mean |error| and the error of the mean bits/dim against a
      tight solve (variables="time", rtol = atol = 1e-7, per_example).
   5. probability-flow sampling of --num_examples images from the same latents: NFE and the max / RMS
      pixel error in [0, 1] against a tight decode (rtol = atol = 1e-7).
-Run: .venv/bin/python benchmarks/likelihood_cost.py [--workdir RUN --num_examples 64]
+Run: .venv/bin/python benchmarks/likelihood_cost.py [--workdir RUN --num_examples 64 [--skip_sampling]]
 """
 import argparse
 import time
@@ -122,11 +122,15 @@ TIGHT = 1e-7
 # (variables, rtol = atol) measured on a trained model; ("time", 1e-4) was the digits config's eval default.
 TRAINED_CASES = (("time", 1e-3), ("time", 1e-4), ("log_snr", 1e-3), ("ddim", 1e-2), ("ddim", 3e-3),
                  ("ddim", 1e-3))
-# (variables, rtol = atol, error norm) of the likelihood solve (`likelihood.ERROR_NORMS`); the old default first.
-TRAINED_BPD_CASES = (("time", 1e-4, "batch_rms"), ("time", 3e-5, "batch_rms"), ("time", 1e-5, "batch_rms"),
-                     ("ddim", 1e-2, "batch_rms"), ("ddim", 1e-3, "batch_rms"), ("time", 1e-3, "per_example"),
-                     ("time", 3e-4, "per_example"), ("time", 1e-4, "per_example"), ("ddim", 3e-3, "per_example"),
-                     ("ddim", 1e-3, "per_example"), ("ddim", 3e-4, "per_example"))
+# (variables, rtol = atol, error norm, solver) of the likelihood solve (`likelihood.ERROR_NORMS`, `ode.SOLVERS`); the
+# old default first.
+TRAINED_BPD_CASES = (("time", 1e-4, "batch_rms", "tsit5"), ("time", 3e-5, "batch_rms", "tsit5"),
+                     ("time", 2e-5, "batch_rms", "tsit5"), ("time", 1e-5, "batch_rms", "tsit5"),
+                     ("ddim", 1e-2, "batch_rms", "tsit5"), ("time", 1e-4, "per_example", "tsit5"),
+                     ("ddim", 3e-3, "per_example", "tsit5"), ("ddim", 5e-4, "per_example", "tsit5"),
+                     ("ddim", 3e-3, "per_example", "dopri5"), ("ddim", 5e-4, "per_example", "dopri5"),
+                     ("ddim", 1e-3, "per_example", "bosh3"), ("ddim", 7e-4, "per_example", "bosh3"),
+                     ("ddim", 5e-4, "per_example", "bosh3"))
 
 
 def _trained_model(workdir: str, num_examples: int):
@@ -144,26 +148,27 @@ def trained_bpd_table(config, sde, score_fn, images):
   x = scaler(images)
   rng = jax.random.PRNGKey(1)
 
-  def run(variables, tol, error_norm):
+  def run(variables, tol, error_norm, solver="tsit5"):
     logp, nfe = likelihood.log_likelihood(rng, score_fn, sde, x, rtol=tol, atol=tol, eps=config.training.eps,
-                                          variables=variables, error_norm=error_norm)
+                                          variables=variables, error_norm=error_norm, solver=solver)
     return likelihood.bits_per_dim(logp, x.shape[1:], inverse_scaler=inverse_scaler), nfe
 
   truth, truth_nfe = run("time", TIGHT, "per_example")
   truth = np.asarray(truth)
   print(f"\n4. bits/dim of {x.shape[0]} test images, one Rademacher probe shared by all solves; reference: "
         f"variables=time, rtol=atol={TIGHT:.0e} ({int(truth_nfe)} NFE, mean {truth.mean():.4f} bits/dim)")
-  print(f"{'variables':>10} {'rtol=atol':>9} {'error norm':>11} {'NFE':>5} {'sec ratio':>9} {'max |err|':>9} "
-        f"{'mean |err|':>10} {'err of mean':>11}")
-  results = []
-  for case in TRAINED_BPD_CASES:  # a compiling call, then a timed one
+  print(f"{'variables':>10} {'rtol=atol':>9} {'error norm':>11} {'solver':>6} {'NFE':>5} {'sec ratio':>9} "
+        f"{'max |err|':>9} {'mean |err|':>10} {'err of mean':>11}")
+  default = None
+  for case in TRAINED_BPD_CASES:  # a compiling call, then a timed one; the old default first
     jax.block_until_ready(run(*case))
     start = time.perf_counter()
-    results.append(jax.block_until_ready(run(*case)) + (time.perf_counter() - start,))
-  default = results[0][-1]
-  for (variables, tol, error_norm), (bpd, nfe, sec) in zip(TRAINED_BPD_CASES, results):
+    bpd, nfe = jax.block_until_ready(run(*case))
+    sec = time.perf_counter() - start
+    default = default or sec
     err = np.asarray(bpd) - truth
-    print(f"{variables:>10} {tol:>9.0e} {error_norm:>11} {int(nfe):>5d} {sec / default:>9.2f} "
+    variables, tol, error_norm, solver = case
+    print(f"{variables:>10} {tol:>9.0e} {error_norm:>11} {solver:>6} {int(nfe):>5d} {sec / default:>9.2f} "
           f"{np.abs(err).max():>9.4f} {np.abs(err).mean():>10.4f} {err.mean():>+11.4f}", flush=True)
 
 
@@ -189,11 +194,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", help="a trained image run: measure its model (tables 4-5) instead of the oracle")
   parser.add_argument("--num_examples", type=int, default=64)
+  parser.add_argument("--skip_sampling", action="store_true", help="with --workdir: table 4 alone")
   args = parser.parse_args()
   if args.workdir:
     config, sde, score_fn, images = _trained_model(args.workdir, args.num_examples)
     trained_bpd_table(config, sde, score_fn, images)
-    trained_sampling_table(config, sde, score_fn, images.shape)
+    if not args.skip_sampling:
+      trained_sampling_table(config, sde, score_fn, images.shape)
     return
   sde = sde_lib.VPSDE()
   mixture = testing.high_dim_mixture(dim=32)
