@@ -389,7 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           elapsed = time.perf_counter() - window_start
           writer.write(step, loss=float(np.mean(values)), grad_norm=float(grad_norm),
                        steps_per_sec=window_steps / elapsed, images_per_sec=window_steps * t.batch_size / elapsed)
-          bar.set_postfix(loss=f"{np.mean(values):.4g}", images_per_sec=f"{window_steps * t.batch_size / elapsed:.0f}")
+          bar.set_postfix(loss=f"{np.mean(values):.4g}", images_per_sec=f"{window_steps * t.batch_size / elapsed:.0f}",
+                          refresh=False)  # shown at the bar's next redraw: a log file gets one a minute
           window_start, window_steps = time.perf_counter(), 0
       if step % t.eval_freq == 0:
         eval_losses = [eval_step(state, parallel.global_batch(next(eval_batches), setup.mesh),
