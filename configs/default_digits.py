@@ -26,8 +26,8 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.bpd_num_examples = 100  # a bounded end-of-run evaluation; --num_examples 0 in scripts/likelihood.py: all
   # y = x / alpha against sigma / alpha, Bogacki-Shampine 3(2), each example's error held to 7e-4: every one of
   # the 297 test digits within 0.0054 bits/dim of a 1e-7 solve at 160 score evaluations, where (x, t) with Tsit5
-  # and the batch norm needs 487 for 0.0100 and 523 for 0.0059 (benchmarks/likelihood_cost.py --workdir RUN
-  # --num_examples 297, README).
+  # and the batch norm need 487 for 0.0100 and 523 for 0.0059; on the make-demo model 148 for 0.0095 against 433
+  # for 0.0086 (benchmarks/likelihood_cost.py --workdir RUN --num_examples 297, README).
   evaluate.ode_variables = "ddim"
   evaluate.ode_solver = "bosh3"
   evaluate.ode_error_norm = "per_example"
