@@ -37,7 +37,7 @@ XLA_DEFAULT_OPTIONS = {key: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION," + fusi
 
 def _group_norm_case(module_cls, shape):
   channels = shape[-1]
-  module = module_cls(num_groups=min(channels // 4, 32))
+  module = module_cls(num_groups=normalization.group_count(channels))
   x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 0.5
   params = module.init(jax.random.key(1), x)
   return lambda p, x: nn.swish(module.apply(p, x)), params, x

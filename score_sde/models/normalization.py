@@ -76,9 +76,14 @@ class GroupNorm(nn.Module):
     return ((x - mean.reshape(per_channel)) * gain + bias).astype(self.dtype)
 
 
+def group_count(channels: int) -> int:
+  """min(C / 4, 32) groups (at least one) of C channels, as in DDPM / NCSN++."""
+  return max(1, min(channels // 4, 32))
+
+
 def _group_norm(x: Array, dtype: jnp.dtype) -> Array:
-  """GroupNorm with min(C / 4, 32) groups, as in DDPM / NCSN++."""
-  return GroupNorm(num_groups=max(1, min(x.shape[-1] // 4, 32)), dtype=dtype)(x)
+  """GroupNorm with `group_count(C)` groups."""
+  return GroupNorm(num_groups=group_count(x.shape[-1]), dtype=dtype)(x)
 
 
 def _group_norm_32(x: Array, dtype: jnp.dtype) -> Array:

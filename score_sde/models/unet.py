@@ -21,7 +21,7 @@ Array = jax.Array
 
 def _group_norm(channels: int) -> normalization.GroupNorm:
   """GroupNorm with up to 32 groups of at least 4 channels."""
-  return normalization.GroupNorm(num_groups=max(1, min(32, channels // 4)))
+  return normalization.GroupNorm(num_groups=normalization.group_count(channels))
 
 
 class ResBlock(nn.Module):
