@@ -233,11 +233,13 @@ def feature_statistics_over_split(config: ml_collections.ConfigDict, feature_net
   config = config.copy_and_resolve_references()
   config.data.uniform_dequantization = False
   mesh = parallel.get_mesh() if mesh is None else mesh
-  total = min(num_examples or len(datasets.get_source(config, split)), len(datasets.get_source(config, split)))
+  available = len(datasets.get_source(config, split))
+  total = min(num_examples or available, available)
   feature_params = parallel.replicate(feature_net.params, mesh)
   sample_stats = None
   batches = console.progress_bar(split_batches(config, split, batch_size, mesh, total), total=-(-total // batch_size),
-                      desc=f"features ({split})", unit="batch", disable=not (progress and parallel.is_main_process()))
+                                 desc=f"features ({split})", unit="batch",
+                                 disable=not (progress and parallel.is_main_process()))
   for images, count in batches:
     feats, logits = (np.asarray(a)[:count] for a in parallel.fetch(feature_net.apply(feature_params, images)))
     if sample_stats is None:
