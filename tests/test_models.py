@@ -16,7 +16,7 @@ import pytest
 from configs import base
 from score_sde import configs_util
 from score_sde import sde as sde_lib
-from score_sde.models import get_model, get_score_fn, layers, up_or_down_sampling
+from score_sde.models import get_model, get_score_fn, layers, normalization, up_or_down_sampling
 from score_sde.models import utils as models_utils
 
 
@@ -79,6 +79,45 @@ def test_box_kernel_is_nearest_and_mean_pooling():
                              up_or_down_sampling.naive_upsample_2d(x), atol=1e-6)
   np.testing.assert_allclose(up_or_down_sampling.downsample_2d(x, (1, 1)),
                              up_or_down_sampling.naive_downsample_2d(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 4, 5])
+def test_nearest_upsample_conv_is_the_conv_of_the_upsampled_input(kernel_size):
+  """The phase-by-phase form at the input resolution = SAME conv of the 2x nearest upsampling, values and
+  gradients (the taps it sums change only the rounding)."""
+  rng = np.random.default_rng(kernel_size)
+  x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(kernel_size, kernel_size, 3, 4)), jnp.float32)
+  direct = lambda x, kernel: jax.lax.conv_general_dilated(
+      up_or_down_sampling.naive_upsample_2d(x), kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  probe = jnp.asarray(rng.normal(size=(2, 10, 12, 4)), jnp.float32)
+  np.testing.assert_allclose(up_or_down_sampling.nearest_upsample_conv_2d(x, kernel), direct(x, kernel),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda conv_fn: lambda x, kernel: jnp.sum(conv_fn(x, kernel) * probe)
+  ours = jax.grad(loss(up_or_down_sampling.nearest_upsample_conv_2d), argnums=(0, 1))(x, kernel)
+  for got, want in zip(ours, jax.grad(loss(direct), argnums=(0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_nearest_upsampling_blocks_match_resample_then_conv():
+  """Upsample(with_conv) and the BigGAN up block (no FIR) compute their convs at the low resolution:
+  the same function as upsampling first, with the same parameters."""
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 4, 4, 8)), jnp.float32)
+  up = layers.Upsample(out_ch=6, with_conv=True)
+  params = jax.tree.map(lambda leaf: leaf + 0.1, up.init(jax.random.key(0), x)["params"])
+  direct = jax.lax.conv_general_dilated(up_or_down_sampling.naive_upsample_2d(x), params["Conv_0"]["kernel"],
+                                        (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(up.apply({"params": params}, x), direct + params["Conv_0"]["bias"], atol=1e-5)
+
+  block = layers.ResnetBlockBigGAN(act=jax.nn.swish, out_ch=6, up=True, normalization="GroupNorm")
+  params = jax.tree.map(lambda leaf: leaf + 0.1, block.init(jax.random.key(1), x)["params"])
+  conv = lambda h, p: jax.lax.conv_general_dilated(h, p["kernel"], (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+  norm = lambda h, p: normalization.get_normalization("GroupNorm")().apply({"params": p}, h)
+  h = conv(up_or_down_sampling.naive_upsample_2d(jax.nn.swish(norm(x, params["Normalization_0"]))), params["Conv_0"])
+  h = conv(jax.nn.swish(norm(h, params["Normalization_1"])), params["Conv_1"])
+  skip = conv(up_or_down_sampling.naive_upsample_2d(x), params["Conv_2"])
+  np.testing.assert_allclose(block.apply({"params": params}, x), (skip + h) / np.sqrt(2.0), atol=1e-4)
 
 
 def test_fir_preserves_constants_away_from_borders():

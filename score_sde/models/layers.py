@@ -76,11 +76,27 @@ def get_act(name: str) -> Callable[[Array], Array]:
   return ACTIVATIONS[name.lower()]
 
 
+def _upsampled_input_conv(lhs: Array, rhs: Array, window_strides, padding, *, dimension_numbers,
+                          lhs_dilation=None, rhs_dilation=None, feature_group_count: int = 1,
+                          precision: jax.lax.PrecisionLike = None) -> Array:
+  """nn.Conv's convolution for `conv(..., upsample_input=True)`: the SAME conv of the 2x nearest upsampling."""
+  del dimension_numbers  # NHWC / HWIO, as nn.Conv lays them out for 2-d inputs
+  if (tuple(window_strides) != (1, 1) or padding != "SAME" or feature_group_count != 1
+      or any(d not in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))):
+    raise ValueError("upsample_input needs a plain SAME stride-1 convolution")
+  return up_or_down_sampling.nearest_upsample_conv_2d(lhs, rhs, precision=precision)
+
+
 def conv(features: int, kernel_size: int = 3, *, stride: int = 1, init_scale: float = 1.0,
-         dtype: jnp.dtype = jnp.float32) -> nn.Conv:
-  """'SAME' convolution with DDPM initialization, zero bias and float32 parameters."""
+         dtype: jnp.dtype = jnp.float32, upsample_input: bool = False) -> nn.Conv:
+  """'SAME' convolution with DDPM initialization, zero bias and float32 parameters.
+
+  `upsample_input`: the conv of the input's 2x nearest-neighbour upsampling, with the same parameters,
+  computed at the input's resolution (up_or_down_sampling.nearest_upsample_conv_2d).
+  """
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
-                 kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32)
+                 kernel_init=default_init(init_scale), dtype=dtype, param_dtype=jnp.float32,
+                 conv_general_dilated=_upsampled_input_conv if upsample_input else None)
 
 
 def dense(features: int, *, init_scale: float = 1.0, dtype: jnp.dtype = jnp.float32) -> nn.Dense:
@@ -140,8 +156,9 @@ class Upsample(_Resample):
   def __call__(self, x: Array) -> Array:
     out_ch = self.out_ch or x.shape[-1]
     if not self.fir:
-      h = up_or_down_sampling.naive_upsample_2d(x, factor=2)
-      return conv(out_ch, self.conv_size, dtype=self.dtype)(h) if self.with_conv else h
+      if self.with_conv:
+        return conv(out_ch, self.conv_size, dtype=self.dtype, upsample_input=True)(x)
+      return up_or_down_sampling.naive_upsample_2d(x, factor=2)
     if not self.with_conv:
       return up_or_down_sampling.upsample_2d(x, self.fir_kernel, factor=2)
     edge = self.conv_size - 1
@@ -228,15 +245,22 @@ class ResnetBlockBigGAN(nn.Module):
   def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
     out_ch = self.out_ch or x.shape[-1]
     norm = normalization.get_normalization(self.normalization, self.dtype)
-    h = self._resample(self.act(norm()(x)))
-    x = self._resample(x)
-    h = conv(out_ch, self.conv_size, dtype=self.dtype)(h)
+    # Nearest-neighbour upsampling commutes with the convs that follow it: both run at the input's
+    # resolution (the 3x3 one phase by phase, see conv's upsample_input), the same function.
+    nearest_up = self.up and not self.fir
+    h = self.act(norm()(x))
+    h = h if nearest_up else self._resample(h)
+    h = conv(out_ch, self.conv_size, dtype=self.dtype, upsample_input=nearest_up)(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=self.dtype)(self.act(temb))[:, None, None, :]
     h = nn.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
     h = conv(out_ch, self.conv_size, init_scale=self.init_scale, dtype=self.dtype)(h)
-    if x.shape[-1] != out_ch or self.up or self.down:
-      x = conv(out_ch, 1, dtype=self.dtype)(x)
+    if nearest_up:
+      x = up_or_down_sampling.naive_upsample_2d(conv(out_ch, 1, dtype=self.dtype)(x))
+    else:
+      x = self._resample(x)
+      if x.shape[-1] != out_ch or self.up or self.down:
+        x = conv(out_ch, 1, dtype=self.dtype)(x)
     return rescale_skip(x, h, self.skip_rescale)
 
 
