@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from configs import base
 from score_sde import configs_util
 from score_sde import sde as sde_lib
-from score_sde.models import get_model, get_score_fn, layers, normalization, up_or_down_sampling
+from score_sde.models import dropout, get_model, get_score_fn, layers, normalization, up_or_down_sampling
 from score_sde.models import utils as models_utils
 
 
@@ -471,3 +472,20 @@ def test_group_norm_is_flax_group_norm(channels, groups, epsilon):
       jax.tree.map(jnp.shape, nn.GroupNorm(num_groups=groups).init(jax.random.key(3), x))
   with pytest.raises(ValueError, match="do not split into"):
     normalization.GroupNorm(num_groups=5).init(jax.random.key(3), x)
+
+
+# ----------------------------------------------------------------------------- dropout
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.999, 1e-9])
+def test_dropout_masks_equal_flax(rate):
+  """dropout.Dropout draws the same masks as flax.linen.Dropout from the same "dropout" rng (its own
+  Threefry gives jax.random.bits' bits), for new-style and raw keys, and falls back for rbg keys."""
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 16))
+  for key in (jax.random.key(0), jax.random.key(7), jax.random.PRNGKey(3), jax.random.key(3, impl="rbg")):
+    ours = dropout.Dropout(rate).apply({}, x, rngs={"dropout": key})
+    theirs = nn.Dropout(rate, deterministic=False).apply({}, x, rngs={"dropout": key})
+    np.testing.assert_array_equal(ours, theirs)
+    assert abs(float(jnp.mean(ours == 0)) - rate) < 0.05  # 1024 elements
+  shape = (3, 5, 7)
+  key = jax.random.fold_in(jax.random.key(2), 5)
+  np.testing.assert_array_equal(dropout.random_bits(key, shape), jax.random.bits(key, shape, jnp.uint32))

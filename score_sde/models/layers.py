@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import sde as sde_lib
-from score_sde.models import normalization, up_or_down_sampling
+from score_sde.models import dropout, normalization, up_or_down_sampling
 
 Array = jax.Array
 
@@ -209,7 +209,7 @@ class ResnetBlockDDPM(nn.Module):
     h = conv(out_ch, self.conv_size, dtype=self.dtype)(self.act(norm()(x)))
     if temb is not None:
       h = h + dense(out_ch, dtype=self.dtype)(self.act(temb))[:, None, None, :]
-    h = nn.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
+    h = dropout.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
     h = conv(out_ch, self.conv_size, init_scale=self.init_scale, dtype=self.dtype)(h)
     if x.shape[-1] != out_ch:
       x = dense(out_ch, dtype=self.dtype)(x)
@@ -253,7 +253,7 @@ class ResnetBlockBigGAN(nn.Module):
     h = conv(out_ch, self.conv_size, dtype=self.dtype, upsample_input=nearest_up)(h)
     if temb is not None:
       h = h + dense(out_ch, dtype=self.dtype)(self.act(temb))[:, None, None, :]
-    h = nn.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
+    h = dropout.Dropout(self.dropout, deterministic=not train)(self.act(norm()(h)))
     h = conv(out_ch, self.conv_size, init_scale=self.init_scale, dtype=self.dtype)(h)
     if nearest_up:
       x = up_or_down_sampling.naive_upsample_2d(conv(out_ch, 1, dtype=self.dtype)(x))

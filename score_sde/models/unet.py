@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.models import layers, normalization
+from score_sde.models import dropout, layers, normalization
 from score_sde.models.registry import register_model
 
 Array = jax.Array
@@ -37,7 +37,7 @@ class ResBlock(nn.Module):
     if temb is not None:
       h = h + nn.Dense(self.out_channels)(nn.silu(temb))[:, None, None, :]
     h = nn.silu(_group_norm(self.out_channels)(h))
-    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = dropout.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
     skip = x if x.shape[-1] == self.out_channels else nn.Conv(self.out_channels, (1, 1))(x)
     return (skip + h) / np.sqrt(2.0) if self.skip_rescale else skip + h
