@@ -5,8 +5,10 @@ python benchmarks/layer_speed.py [--repeats 15] [--step cifar10/vp_ddpmpp_contin
 Per layer and shape (batch 8, the shapes of DDPM++ / NCSN++ on CIFAR-10), the median wall time of the jitted
 forward pass and of forward + backward (gradients with respect to the input and the parameters), alternating
 the two forms in one run, and their ratio (ours / plain; below 1 is faster): GroupNorm + swish,
-`normalization.GroupNorm` against `flax.linen.GroupNorm`. Both compute the same function; the largest
-difference of their outputs is printed too.
+`normalization.GroupNorm` against `flax.linen.GroupNorm`; 2x nearest upsampling + 3x3 conv (DDPM++'s up
+blocks), `layers.Upsample` (the conv phase by phase at the input's resolution) against the conv of the
+upsampled input; dropout (rate 0.1), `dropout.Dropout` against `flax.linen.Dropout`. Each pair computes the
+same function (the same masks for dropout); the largest difference of their outputs is printed too.
 
 --step CASE: the jitted training step of configs/CASE.py (batch 8, model.nf overridden by ':NF') compiled
 twice in one process, with XLA:CPU's convolutions as the training step has them (`train.CPU_COMPILER_OPTIONS`:
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from score_sde import train  # noqa: E402
-from score_sde.models import normalization  # noqa: E402
+from score_sde.models import dropout, layers, normalization, up_or_down_sampling  # noqa: E402
 
 import train_step_case  # noqa: E402
 
@@ -41,6 +43,23 @@ def _group_norm_case(module_cls, shape):
   x = jax.random.normal(jax.random.key(0), shape) * 2.0 + 0.5
   params = module.init(jax.random.key(1), x)
   return lambda p, x: nn.swish(module.apply(p, x)), params, x
+
+
+def _upsample_conv_case(phase_form: bool, shape):
+  module = layers.Upsample(with_conv=True)
+  x = jax.random.normal(jax.random.key(0), shape)
+  params = module.init(jax.random.key(1), x)
+  if phase_form:
+    return module.apply, params, x
+  conv = nn.Conv(shape[-1], (3, 3), padding="SAME")
+  return (lambda p, x: conv.apply({"params": p["params"]["Conv_0"]}, up_or_down_sampling.naive_upsample_2d(x)),
+          params, x)
+
+
+def _dropout_case(module_cls, shape):
+  module = module_cls(0.1, deterministic=False)
+  rngs = {"dropout": jax.random.key(2)}
+  return lambda p, x: module.apply(p, x, rngs=rngs), {}, jax.random.normal(jax.random.key(0), shape)
 
 
 def _timed(fn, args, repeats: int, out: list[float]) -> None:
@@ -108,6 +127,12 @@ def main() -> None:
   for shape in [(8, 32, 32, 128), (8, 16, 16, 256), (8, 32, 32, 256)]:
     compare(f"GroupNorm + swish {shape}", _group_norm_case(normalization.GroupNorm, shape),
             _group_norm_case(nn.GroupNorm, shape), args.repeats)
+  for shape in [(8, 16, 16, 256), (8, 8, 8, 256), (8, 4, 4, 256)]:
+    compare(f"nearest x2 + 3x3 conv {shape}", _upsample_conv_case(True, shape), _upsample_conv_case(False, shape),
+            args.repeats)
+  for shape in [(8, 32, 32, 128), (8, 16, 16, 256)]:
+    compare(f"dropout 0.1 {shape}", _dropout_case(dropout.Dropout, shape), _dropout_case(nn.Dropout, shape),
+            args.repeats)
   print(f"load average {os.getloadavg()[0]:.2f}")
 
 

@@ -2,7 +2,7 @@
 
 python benchmarks/reference_throughput.py --reference_dir SCORE_SDE_PYTORCH --reference_python PYTHON
     [--cases ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32] [--batch 8] [--rounds 3]
-    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT] [--phases]
+    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT] [--phases] [--pause 1.0]
 
 Each side runs in its own worker process (the reference needs PyTorch, which is never a dependency
 of this project: --reference_python is an interpreter of a separate environment with torch, numpy,
@@ -13,6 +13,9 @@ get_step_fn, models.ema; only its CUDA `op` extension is replaced by the file's 
 runs one step per request. The controller alternates the two workers step by step, so both sides
 see the same machine load; it prints the median s/step, images/s, ours/reference speed ratio,
 the first (compiling) step, parameter counts and the load average. Case NAME:NF overrides model.nf.
+Each timed step starts after --pause seconds of idle machine: a worker's intra-op threads (PyTorch's
+OpenMP team, XLA's Eigen pool) keep spinning for a while after its step, and would otherwise take cores
+from the step of the worker timed next.
 With --baseline_root, a third worker runs the training step of another checkout of this project
 (e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios.
 With --phases, each side also times the loss alone (forward pass, training mode) and the loss with its
@@ -196,6 +199,8 @@ def main():
   parser.add_argument("--cases", default="ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--rounds", type=int, default=3, help="timed steps per side, alternating")
+  parser.add_argument("--pause", type=float, default=1.0,
+                      help="seconds of idle machine before each timed step (0: back to back)")
   parser.add_argument("--baseline_root", type=pathlib.Path, help="another checkout of this project to time too")
   parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
   parser.add_argument("--phases", action="store_true", help="also time forward and forward + backward")
@@ -233,6 +238,7 @@ def main():
     for _ in range(args.rounds):
       for phase in phases:
         for side, worker in workers.items():
+          time.sleep(args.pause)  # the previous worker's threads stop spinning before this one starts
           times[(side, phase)].append(worker.time(phase))
     for worker in workers.values():
       worker.close()
