@@ -206,6 +206,8 @@ def main():
   parser.add_argument("--phases", action="store_true", help="also time forward and forward + backward")
   parser.add_argument("--root", type=pathlib.Path, default=ROOT, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.pause < 0:
+    parser.error(f"--pause must be >= 0 seconds, got {args.pause}")
   if args.worker:
     name, nf = _parse_case(args.cases)
     if args.worker == "ours":
