@@ -17,7 +17,9 @@ Each timed step starts after --pause seconds of idle machine: a worker's intra-o
 OpenMP team, XLA's Eigen pool) keep spinning for a while after its step, and would otherwise take cores
 from the step of the worker timed next.
 With --baseline_root, a third worker runs the training step of another checkout of this project
-(e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios.
+(e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios. Its presence
+slowed both JAX workers by 10-15% on a 2-core CPU (DDPM++), so compare those two rows with each other, and
+take ours / reference from a run without it.
 With --phases, each side also times the loss alone (forward pass, training mode) and the loss with its
 gradient (forward + backward), so the table splits a step into forward, backward and the optimizer / EMA
 update.

@@ -135,7 +135,7 @@ def nearest_upsample_conv_2d(x: Array, kernel: Array, precision: jax.lax.Precisi
 
   Output pixel (2i + p, 2j + q) sees input pixels (i + floor((p + d) / 2), j + floor((q + e) / 2)) for
   the kernel taps (d, e): summing the taps that land on the same input pixel turns each of the four
-  output phases (p, q) into a VALID conv of the zero-padded x with a ceil((k + 1) / 2)-tap kernel per
+  output phases (p, q) into a VALID conv of the zero-padded x with at most ceil((k + 1) / 2) taps per
   axis. Four such convs at H x W instead of one k x k conv at 2H x 2W: 4/9 of the multiply-adds for
   k = 3, and U x (4x the input) is never materialised, nor its gradient summed back. Equal to the direct
   form up to the rounding of the summed taps. x: [B, H, W, C], kernel: [k, k, C, D] -> [B, 2H, 2W, D].
@@ -145,11 +145,11 @@ def nearest_upsample_conv_2d(x: Array, kernel: Array, precision: jax.lax.Precisi
   pads, phases = _nearest_upsample_phases(kernel.shape[0])
   padded = jnp.pad(x, ((0, 0), pads, pads, (0, 0)))
   _, height, width, _ = x.shape
+  row_kernels = [jnp.stack([sum(kernel[i] for i in group) for group in taps]) for _, taps in phases]
 
   def phase(p: int, q: int) -> Array:
     (row, taps_p), (col, taps_q) = phases[p], phases[q]
-    rows = jnp.stack([sum(kernel[i] for i in group) for group in taps_p])
-    phase_kernel = jnp.stack([sum(rows[:, j] for j in group) for group in taps_q], axis=1)
+    phase_kernel = jnp.stack([sum(row_kernels[p][:, j] for j in group) for group in taps_q], axis=1)
     window = padded[:, row:row + height + len(taps_p) - 1, col:col + width + len(taps_q) - 1]
     return jax.lax.conv_general_dilated(window, phase_kernel, (1, 1), "VALID",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
