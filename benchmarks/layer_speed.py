@@ -1,6 +1,6 @@
 """Layers of the score networks as XLA:CPU runs them: ours against the plain Flax / lax form.
 
-python benchmarks/layer_speed.py [--repeats 15] [--step cifar10/vp_ddpmpp_continuous[:NF] --steps 6]
+python benchmarks/layer_speed.py [--repeats 15] [--step cifar10/vp_ddpmpp_continuous[:NF] --steps 6 [--flip_cost]]
 
 Per layer and shape (batch 8, the shapes of DDPM++ / NCSN++ on CIFAR-10), the median wall time of the jitted
 forward pass and of forward + backward (gradients with respect to the input and the parameters), alternating
@@ -13,6 +13,9 @@ same function (the same masks for dropout); the largest difference of their outp
 --step CASE: the jitted training step of configs/CASE.py (batch 8, model.nf overridden by ':NF') compiled
 twice in one process, with XLA:CPU's convolutions as the training step has them (`train.CPU_COMPILER_OPTIONS`:
 XLA's own) and with XLA's default (YNNPACK), alternating single steps: median s/step and the ratio.
+--flip_cost adds a third step, timing only: its 3x3 convolutions with as many input as output channels take
+their input gradient from a convolution with the kernel as stored, without the spatial flip and the in/out
+transpose that the true gradient needs (a wrong gradient), so the difference is what those kernel copies cost.
 """
 import argparse
 import os
@@ -89,13 +92,64 @@ def compare(name: str, ours, plain, repeats: int) -> None:
         f"{difference:.1e} |", flush=True)
 
 
-def compare_steps(case: str, steps: int) -> None:
-  """Median s/step of the training step of `case` compiled with the step's XLA options and XLA's defaults."""
+def _same_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def _conv_with_unflipped_gradient(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _same_conv(x, kernel)
+
+
+def _unflipped_forward(x, kernel):
+  return _same_conv(x, kernel), (x, kernel)
+
+
+def _unflipped_backward(residuals, cotangent):
+  """Input 'gradient' conv(cotangent, kernel): the true one convolves with the flipped, transposed kernel."""
+  x, kernel = residuals
+  return _same_conv(cotangent, kernel), jax.vjp(lambda k: _same_conv(x, k), kernel)[1](cotangent)[0]
+
+
+_conv_with_unflipped_gradient.defvjp(_unflipped_forward, _unflipped_backward)
+
+
+def _conv_general_without_flips(lhs, rhs, window_strides, padding, **kwargs):
+  if tuple(window_strides) == (1, 1) and rhs.shape[:2] == (3, 3) and rhs.shape[2] == rhs.shape[3]:
+    return _conv_with_unflipped_gradient(lhs, rhs)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+
+
+def _step_without_kernel_flips(name: str, nf: int | None):
+  """(compiled step, state) of `name`, traced with square 3x3 convs taking `_conv_with_unflipped_gradient`."""
+  conv = layers.conv
+
+  def conv_without_flips(features: int, kernel_size: int = 3, *, stride: int = 1, init_scale: float = 1.0,
+                         dtype=jnp.float32, upsample_input: bool = False) -> nn.Conv:
+    if upsample_input:
+      return conv(features, kernel_size, stride=stride, init_scale=init_scale, dtype=dtype, upsample_input=True)
+    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
+                   kernel_init=layers.default_init(init_scale), dtype=dtype, param_dtype=jnp.float32,
+                   conv_general_dilated=_conv_general_without_flips)
+
+  layers.conv = conv_without_flips
+  try:  # the network calls layers.conv while the step is traced
+    _, setup, step, state, batch = train_step_case.build(ROOT, name, nf, 8)
+    return step.lower(state, batch, setup.keys.train).compile(), state
+  finally:
+    layers.conv = conv
+
+
+def compare_steps(case: str, steps: int, flip_cost: bool = False) -> None:
+  """Median s/step of the training step of `case` compiled with the step's XLA options and XLA's defaults
+  (and, with `flip_cost`, without the kernel flips of its input gradients)."""
   name, nf = train_step_case.parse_case(case)
   _, setup, step, state, batch = train_step_case.build(ROOT, name, nf, 8)
   lowered = step.lower(state, batch, setup.keys.train)
   sides = {"ours (Eigen convolutions)": [lowered.compile(), jax.tree.map(jnp.copy, state)],
            "XLA default (YNNPACK)": [lowered.compile(compiler_options=XLA_DEFAULT_OPTIONS), state]}
+  if flip_cost:
+    sides["ours without kernel flips"] = list(_step_without_kernel_flips(name, nf))
   times = {label: [] for label in sides}
   for k in range(steps + 1):
     for label, side in sides.items():
@@ -108,6 +162,11 @@ def compare_steps(case: str, steps: int) -> None:
   print(f"{case}, batch 8, {steps} steps each, alternating; load average {os.getloadavg()[0]:.2f}")
   for label, values in times.items():
     print(f"  {label:28s} {statistics.median(values):.3f} s/step, ratio {statistics.median(values) / base:.3f}")
+  if flip_cost:
+    ours, unflipped = (statistics.median(times[label]) for label in ("ours (Eigen convolutions)",
+                                                                    "ours without kernel flips"))
+    print(f"  kernel flips of the square 3x3 input gradients: {ours - unflipped:.3f} s/step "
+          f"({(ours - unflipped) / ours:.1%} of ours)")
 
 
 def main() -> None:
@@ -115,10 +174,14 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=15)
   parser.add_argument("--step", default="", help="also compare the training step of this case's compilations")
   parser.add_argument("--steps", type=int, default=6)
+  parser.add_argument("--flip_cost", action="store_true", help="with --step: also time the step without the "
+                      "kernel flips of its input gradients (a wrong gradient, timing only)")
   args = parser.parse_args()
+  if args.flip_cost and not args.step:
+    parser.error("--flip_cost needs --step CASE")
   if args.step:
     try:
-      compare_steps(args.step, args.steps)
+      compare_steps(args.step, args.steps, args.flip_cost)
     except (FileNotFoundError, ValueError) as error:  # an unknown config or a malformed NAME:NF
       sys.exit(f"layer_speed.py: --step {args.step}: {error}")
   print(f"load average {os.getloadavg()[0]:.2f}; milliseconds (median), ratio ours / plain")
