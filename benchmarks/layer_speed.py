@@ -115,8 +115,9 @@ _conv_with_unflipped_gradient.defvjp(_unflipped_forward, _unflipped_backward)
 
 
 def _conv_general_without_flips(lhs, rhs, window_strides, padding, **kwargs):
-  """nn.Conv's conv_general_dilated; its square 3x3 stride-1 calls (layers.conv: 'SAME', NHWC) unflipped."""
-  if tuple(window_strides) == (1, 1) and rhs.shape[:2] == (3, 3) and rhs.shape[2] == rhs.shape[3]:
+  """nn.Conv's conv_general_dilated; its square 3x3 stride-1 SAME calls (NHWC, as layers.conv has them) unflipped."""
+  if (tuple(window_strides) == (1, 1) and padding == "SAME" and rhs.shape[:2] == (3, 3)
+      and rhs.shape[2] == rhs.shape[3]):
     return _conv_with_unflipped_gradient(lhs, rhs)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
 
