@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from score_sde import testing
+from score_sde.cli import huge_pages
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -23,6 +24,19 @@ def temporary_files_in_pytest_tmp(tmp_path_factory):
     del os.environ["TMPDIR"]
   else:
     os.environ["TMPDIR"] = saved
+
+
+@pytest.fixture(autouse=True, scope="session")
+def scripts_start_with_huge_pages():
+  """Scripts run by the tests inherit the GLIBC_TUNABLES that huge_pages.restart_with_huge_pages() would set,
+  so that each does not start twice (test_huge_pages.py tests the restart itself)."""
+  saved = os.environ.get("GLIBC_TUNABLES")
+  os.environ.update(huge_pages.environment_with_huge_pages())
+  yield
+  if saved is None:
+    os.environ.pop("GLIBC_TUNABLES", None)
+  else:
+    os.environ["GLIBC_TUNABLES"] = saved
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """What every command-line program shares: one-line errors, quiet logs, checkpoint flags, run().
 
 `run(main, flag_values)` parses the flags (a config file, its `--config.*` overrides and every
-other flag are checked before `main` runs), silences INFO logs unless --verbose, turns on JAX's
-persistent compilation cache (--compilation_cache), and turns the errors a user can cause
+other flag are checked before `main` runs), starts the program again with transparent huge pages
+for XLA:CPU's temporaries where they help (huge_pages.py), silences INFO logs unless --verbose,
+turns on JAX's persistent compilation cache (--compilation_cache), and turns the errors a user can cause
 (`expected_errors()`) into one line on stderr and exit code 1 (with --verbose, the traceback too: a
 ValueError may also come from a bug).
 """
@@ -18,6 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from score_sde import configs_util
+from score_sde.cli import huge_pages
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -119,6 +121,7 @@ def run(main: Callable[[Sequence[str]], None], flag_values: flags.FlagValues = f
   """Parses the flags, then runs main; an expected error exits 1 with one line on stderr."""
 
   def guarded_main(argv: Sequence[str]) -> None:
+    huge_pages.restart_with_huge_pages()
     quiet_logs(flag_values.verbose)
     use_compilation_cache(flag_values.compilation_cache)
     try:
