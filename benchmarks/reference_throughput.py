@@ -2,7 +2,7 @@
 
 python benchmarks/reference_throughput.py --reference_dir SCORE_SDE_PYTORCH --reference_python PYTHON
     [--cases ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32] [--batch 8] [--rounds 3]
-    [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT] [--phases] [--pause 1.0]
+    [--turn_steps 3] [--baseline_root OTHER_CHECKOUT_OF_THIS_PROJECT] [--phases] [--pause 1.0]
 
 Each side runs in its own worker process (the reference needs PyTorch, which is never a dependency
 of this project: --reference_python is an interpreter of a separate environment with torch, numpy,
@@ -10,12 +10,22 @@ scipy and ml_collections). A worker builds its side's model, loss and optimizer 
 code, imported unmodified: models.utils.create_model, losses.get_optimizer / optimization_manager /
 get_step_fn, models.ema; only its CUDA `op` extension is replaced by the file's own CPU branch,
 `upfirdn2d_native`, which is what it runs on CPU anyway), compiles / warms up with one step, then
-runs one step per request. The controller alternates the two workers step by step, so both sides
-see the same machine load; it prints the median s/step, images/s, ours/reference speed ratio,
-the first (compiling) step, parameter counts and the load average. Case NAME:NF overrides model.nf.
-Each timed step starts after --pause seconds of idle machine: a worker's intra-op threads (PyTorch's
-OpenMP team, XLA's Eigen pool) keep spinning for a while after its step, and would otherwise take cores
-from the step of the worker timed next.
+runs one step per request. Our worker starts with the environment our scripts give themselves
+(score_sde/cli/huge_pages.py: glibc.malloc.hugetlb=1 where it helps); the reference and a baseline
+start with this process's environment, so `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python ...` gives
+them the same malloc.
+
+The controller alternates the sides in turns, so both see the same machine load: per round, each
+side in turn waits --pause seconds of idle machine (a worker's intra-op threads, PyTorch's OpenMP
+team and XLA's Eigen pool, keep spinning for a while after its step and would take cores from the
+next worker), then runs --turn_steps steps back to back, as a training loop does. s/step is the
+median of the steps after the first of each turn; the first steps are printed apart ("1st of turn"):
+a step that follows the other side's turn can pay for memory the machine took back meanwhile. Ours
+frees XLA:CPU's temporaries after every step, and on a 2-core VM its DDPM++ step took 1.2-1.4 s longer
+first in a turn than after, while the reference's, which keeps its memory in malloc's heap, barely
+differed. It prints s/step, images/s, the ours/reference speed ratio of both, the first (compiling)
+step, parameter counts, the load average and, per step after a turn's first, the CPU seconds each
+side spent in user and in system (kernel) mode and its page faults. Case NAME:NF overrides model.nf.
 With --baseline_root, a third worker runs the training step of another checkout of this project
 (e.g. `git archive <commit> | tar -x -C DIR`) in the same alternation: before/after ratios. Its presence
 slowed both JAX workers by 10-15% on a 2-core CPU (DDPM++), so compare those two rows with each other, and
@@ -29,6 +39,7 @@ import ast
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,14 +63,17 @@ PHASES = ("forward", "forward_backward", "step")
 
 
 def _serve(calls: dict, first_step_seconds: float, num_params: int) -> None:
-  """Worker loop: one timed call per line on stdin naming a PHASE, a JSON line with its seconds on stdout."""
+  """Worker loop: one timed call per line on stdin naming a PHASE; on stdout a JSON line with its seconds, the
+  CPU seconds the process spent in user and in system (kernel) mode, and its page faults (minor: no disk)."""
   _send({"compile_s": first_step_seconds, "params": num_params})
   for line in sys.stdin:
     if line.strip() not in calls:
       return
-    tic = time.perf_counter()
+    before, tic = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     calls[line.strip()]()
-    _send({"seconds": time.perf_counter() - tic})
+    seconds, after = time.perf_counter() - tic, resource.getrusage(resource.RUSAGE_SELF)
+    _send({"seconds": seconds, "user_s": after.ru_utime - before.ru_utime,
+           "system_s": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt})
 
 
 def _ours(name: str, nf: int | None, batch: int, root: pathlib.Path) -> None:
@@ -166,8 +180,8 @@ def _reference(name: str, nf: int | None, batch: int, reference_dir: pathlib.Pat
 class Worker:
   """A worker process of one side, driven one step at a time."""
 
-  def __init__(self, command: list[str]):
-    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  def __init__(self, command: list[str], environ: dict[str, str]):
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environ)
     self.info = self._read()
 
   def _read(self) -> dict:
@@ -176,11 +190,11 @@ class Worker:
       raise RuntimeError(f"worker {self.process.args} exited with code {self.process.wait()}")
     return json.loads(line)
 
-  def time(self, phase: str = "step") -> float:
-    """Seconds of one call of `phase` (one of PHASES) in the worker."""
+  def time(self, phase: str = "step") -> dict:
+    """One call of `phase` (one of PHASES) in the worker: its seconds, user_s, system_s and faults."""
     self.process.stdin.write(f"{phase}\n")
     self.process.stdin.flush()
-    return self._read()["seconds"]
+    return self._read()
 
   def close(self) -> None:
     self.process.stdin.close()
@@ -200,7 +214,9 @@ def main():
   parser.add_argument("--reference_python", default="python3", help="an interpreter with torch installed")
   parser.add_argument("--cases", default="ve_ncsnpp_continuous,vp_ddpmpp_continuous,ve_ncsnpp_continuous:32")
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--rounds", type=int, default=3, help="timed steps per side, alternating")
+  parser.add_argument("--rounds", type=int, default=3, help="turns per side, alternating")
+  parser.add_argument("--turn_steps", type=int, default=3,
+                      help="steps back to back per turn; s/step is the median of all but each turn's first")
   parser.add_argument("--pause", type=float, default=1.0,
                       help="seconds of idle machine before each timed step (0: back to back)")
   parser.add_argument("--baseline_root", type=pathlib.Path, help="another checkout of this project to time too")
@@ -210,6 +226,8 @@ def main():
   args = parser.parse_args()
   if args.pause < 0:
     parser.error(f"--pause must be >= 0 seconds, got {args.pause}")
+  if args.turn_steps < 2:
+    parser.error(f"--turn_steps must be >= 2 (the first step of a turn is timed apart), got {args.turn_steps}")
   if args.worker:
     name, nf = _parse_case(args.cases)
     if args.worker == "ours":
@@ -222,36 +240,54 @@ def main():
   cases = [case for case in args.cases.split(",") if case]
   for case in cases:
     _parse_case(case)
-  print(f"training step, batch {args.batch}, CPU: median of {args.rounds} steps per side, alternating; "
-        f"load average before: {os.getloadavg()[0]:.2f}")
-  print(f"{'case':>26} {'side':>9} {'params':>10} {'1st step s':>10} {'s/step':>7} {'images/s':>8} {'ours/ref':>8}")
+  sys.path.insert(0, str(ROOT))  # not in the workers: the reference's worker imports its own `configs`
+  from score_sde.cli import huge_pages  # pylint: disable=import-outside-toplevel
+  print(f"training step, batch {args.batch}, CPU: {args.rounds} turns of {args.turn_steps} steps per side, "
+        f"alternating; s/step: median of the steps after each turn's first; load average before: "
+        f"{os.getloadavg()[0]:.2f}")
+  print(f"{'case':>26} {'side':>9} {'params':>10} {'compile s':>9} {'s/step':>7} {'images/s':>8} {'ours/ref':>8} "
+        f"{'1st of turn s':>13} {'ours/ref':>8}")
   script = str(pathlib.Path(__file__).resolve())
   for case in cases:
     common = ["--cases", case, "--batch", str(args.batch)]
-    commands = {"ours": [sys.executable, script, "--worker", "ours"] + common}
+    ours = [sys.executable, script, "--worker", "ours"] + common
+    workers = {"ours": Worker(ours, huge_pages.environment_with_huge_pages())}
     if args.baseline_root:
-      commands["baseline"] = commands["ours"] + ["--root", str(args.baseline_root.resolve())]
-    commands["reference"] = [args.reference_python, script, "--worker", "reference",
-                             "--reference_dir", str(args.reference_dir)] + common
-    workers = {side: Worker(command) for side, command in commands.items()}
+      workers["baseline"] = Worker(ours + ["--root", str(args.baseline_root.resolve())], dict(os.environ))
+    workers["reference"] = Worker([args.reference_python, script, "--worker", "reference", "--reference_dir",
+                                   str(args.reference_dir)] + common, dict(os.environ))
     phases = PHASES if args.phases else ("step",)
     for worker in workers.values():
       for phase in phases[:-1]:
         worker.time(phase)  # compiles
     times = {(side, phase): [] for side in workers for phase in phases}
+    first_of_turn = {side: [] for side in workers}
+    usage = {side: [] for side in workers}  # of the steps after each turn's first
     for _ in range(args.rounds):
       for phase in phases:
         for side, worker in workers.items():
           time.sleep(args.pause)  # the previous worker's threads stop spinning before this one starts
-          times[(side, phase)].append(worker.time(phase))
+          turn = [worker.time(phase) for _ in range(args.turn_steps)]
+          times[(side, phase)] += [call["seconds"] for call in turn[1:]]
+          if phase == "step":
+            first_of_turn[side].append(turn[0]["seconds"])
+            usage[side] += turn[1:]
     for worker in workers.values():
       worker.close()
     medians = {key: statistics.median(seconds) for key, seconds in times.items()}
+    firsts = {side: statistics.median(seconds) for side, seconds in first_of_turn.items()}
     for side, worker in workers.items():
       step_s = medians[(side, "step")]
-      ratio = f"{medians[('reference', 'step')] / step_s:>8.2f}" if side != "reference" else ""
-      print(f"{case:>26} {side:>9} {worker.info['params']:>10,d} {worker.info['compile_s']:>10.1f} "
-            f"{step_s:>7.3f} {args.batch / step_s:>8.2f} {ratio}", flush=True)
+      ratios = (f"{medians[('reference', 'step')] / step_s:>8.2f}", f"{firsts['reference'] / firsts[side]:>8.2f}")
+      if side == "reference":
+        ratios = ("", "")
+      print(f"{case:>26} {side:>9} {worker.info['params']:>10,d} {worker.info['compile_s']:>9.1f} "
+            f"{step_s:>7.3f} {args.batch / step_s:>8.2f} {ratios[0]:>8} {firsts[side]:>13.3f} {ratios[1]:>8}",
+            flush=True)
+    for side in workers:
+      per_step = {key: statistics.median(call[key] for call in usage[side]) for key in ("user_s", "system_s", "faults")}
+      print(f"{case:>26} {side:>9}   per step: CPU {per_step['user_s']:.2f} s user, {per_step['system_s']:.2f} s "
+            f"system; {per_step['faults']:,.0f} page faults", flush=True)
     if args.phases:
       _print_phases(case, list(workers), medians)
   print(f"load average after: {os.getloadavg()[0]:.2f}")

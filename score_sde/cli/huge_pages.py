@@ -2,10 +2,11 @@
 
 XLA:CPU allocates the temporaries of one run of a compiled program as one block (1.1 GB for the
 DDPM++ training step at batch 8) and frees it when the run ends. glibc serves a block that large
-with mmap and gives it back with munmap, so every training step touches about 285k fresh 4 KiB
-pages, one page fault each: half a CPU-second of kernel time per DDPM++ step on a 2-core CPU. The
+with mmap and gives it back with munmap, so every training step touches about 286k fresh 4 KiB
+pages, one page fault each: 0.6 CPU-seconds of kernel time per DDPM++ step on a 2-core CPU. The
 glibc tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) asks for transparent huge pages on such
-blocks (madvise), and the same block then takes about 550 faults of 2 MiB.
+blocks (madvise): about a thousand faults per step, and 0.12 CPU-seconds
+(benchmarks/reference_throughput.py prints both).
 
 glibc reads its tunables once, when a process starts, so `restart_with_huge_pages()` executes the
 running program again with the tunable added to GLIBC_TUNABLES. It does nothing where the tunable
