@@ -218,7 +218,7 @@ def main():
   parser.add_argument("--turn_steps", type=int, default=3,
                       help="steps back to back per turn; s/step is the median of all but each turn's first")
   parser.add_argument("--pause", type=float, default=1.0,
-                      help="seconds of idle machine before each timed step (0: back to back)")
+                      help="seconds of idle machine before each turn (0: none)")
   parser.add_argument("--baseline_root", type=pathlib.Path, help="another checkout of this project to time too")
   parser.add_argument("--worker", choices=("ours", "reference"), help=argparse.SUPPRESS)
   parser.add_argument("--phases", action="store_true", help="also time forward and forward + backward")
@@ -278,14 +278,14 @@ def main():
     firsts = {side: statistics.median(seconds) for side, seconds in first_of_turn.items()}
     for side, worker in workers.items():
       step_s = medians[(side, "step")]
-      ratios = (f"{medians[('reference', 'step')] / step_s:>8.2f}", f"{firsts['reference'] / firsts[side]:>8.2f}")
-      if side == "reference":
-        ratios = ("", "")
+      ratios = ("", "") if side == "reference" else (f"{medians[('reference', 'step')] / step_s:.2f}",
+                                                     f"{firsts['reference'] / firsts[side]:.2f}")
       print(f"{case:>26} {side:>9} {worker.info['params']:>10,d} {worker.info['compile_s']:>9.1f} "
             f"{step_s:>7.3f} {args.batch / step_s:>8.2f} {ratios[0]:>8} {firsts[side]:>13.3f} {ratios[1]:>8}",
             flush=True)
     for side in workers:
-      per_step = {key: statistics.median(call[key] for call in usage[side]) for key in ("user_s", "system_s", "faults")}
+      per_step = {key: statistics.median(call[key] for call in usage[side])
+                  for key in ("user_s", "system_s", "faults")}
       print(f"{case:>26} {side:>9}   per step: CPU {per_step['user_s']:.2f} s user, {per_step['system_s']:.2f} s "
             f"system; {per_step['faults']:,.0f} page faults", flush=True)
     if args.phases:
