@@ -180,7 +180,8 @@ def _reference(name: str, nf: int | None, batch: int, reference_dir: pathlib.Pat
 class Worker:
   """A worker process of one side, driven one step at a time."""
 
-  def __init__(self, command: list[str], environ: dict[str, str]):
+  def __init__(self, command: list[str], environ: dict[str, str] | None = None):
+    """Starts `command` with `environ` (None: this process's environment)."""
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environ)
     self.info = self._read()
 
@@ -253,9 +254,9 @@ def main():
     ours = [sys.executable, script, "--worker", "ours"] + common
     workers = {"ours": Worker(ours, huge_pages.environment_with_huge_pages())}
     if args.baseline_root:
-      workers["baseline"] = Worker(ours + ["--root", str(args.baseline_root.resolve())], dict(os.environ))
+      workers["baseline"] = Worker(ours + ["--root", str(args.baseline_root.resolve())])
     workers["reference"] = Worker([args.reference_python, script, "--worker", "reference", "--reference_dir",
-                                   str(args.reference_dir)] + common, dict(os.environ))
+                                   str(args.reference_dir)] + common)
     phases = PHASES if args.phases else ("step",)
     for worker in workers.values():
       for phase in phases[:-1]:

@@ -16,27 +16,21 @@ def temporary_files_in_pytest_tmp(tmp_path_factory):
   """Temporary files of the tests and their subprocesses go under pytest's own (rotated) tmp folder: offline,
   TFDS leaves an empty mkdtemp("tfds") folder behind at every lookup of a dataset it has not prepared."""
   folder = str(tmp_path_factory.mktemp("tempfile"))
-  saved = os.environ.get("TMPDIR")
-  os.environ["TMPDIR"], tempfile.tempdir = folder, folder
-  yield
-  tempfile.tempdir = None
-  if saved is None:
-    del os.environ["TMPDIR"]
-  else:
-    os.environ["TMPDIR"] = saved
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("TMPDIR", folder)
+    patch.setattr(tempfile, "tempdir", folder)
+    yield
 
 
 @pytest.fixture(autouse=True, scope="session")
 def scripts_start_with_huge_pages():
   """Scripts run by the tests inherit the GLIBC_TUNABLES that huge_pages.restart_with_huge_pages() would set,
   so that each does not start twice (test_huge_pages.py tests the restart itself)."""
-  saved = os.environ.get("GLIBC_TUNABLES")
-  os.environ.update(huge_pages.environment_with_huge_pages())
-  yield
-  if saved is None:
-    os.environ.pop("GLIBC_TUNABLES", None)
-  else:
-    os.environ["GLIBC_TUNABLES"] = saved
+  environ = huge_pages.environment_with_huge_pages()
+  with pytest.MonkeyPatch.context() as patch:
+    if "GLIBC_TUNABLES" in environ:
+      patch.setenv("GLIBC_TUNABLES", environ["GLIBC_TUNABLES"])
+    yield
 
 
 @pytest.fixture

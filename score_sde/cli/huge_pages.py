@@ -51,16 +51,21 @@ def huge_page_tunables(environ: Mapping[str, str], libc: tuple[str, str], thp_mo
   return f"{tunables}:{HUGETLB}=1" if tunables else f"{HUGETLB}=1"
 
 
+def _tunables_here(environ: Mapping[str, str]) -> str | None:
+  """huge_page_tunables of `environ` on this machine's C library and kernel."""
+  return huge_page_tunables(environ, platform.libc_ver(), transparent_huge_page_mode())
+
+
 def environment_with_huge_pages(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
   """A copy of `environ` for a subprocess that runs XLA:CPU: with glibc.malloc.hugetlb=1 where it helps."""
-  tunables = huge_page_tunables(environ, platform.libc_ver(), transparent_huge_page_mode())
+  tunables = _tunables_here(environ)
   return {**environ, "GLIBC_TUNABLES": tunables} if tunables else dict(environ)
 
 
 def restart_with_huge_pages() -> None:
   """Executes this program again (same interpreter, sys.orig_argv) with glibc.malloc.hugetlb=1 where it
   helps; returns where it would not, and in the restarted program, whose GLIBC_TUNABLES sets it."""
-  tunables = huge_page_tunables(os.environ, platform.libc_ver(), transparent_huge_page_mode())
+  tunables = _tunables_here(os.environ)
   if tunables is None or not sys.executable:
     return
   os.environ["GLIBC_TUNABLES"] = tunables
